@@ -1,0 +1,110 @@
+"""Header hygiene for a proxy: what crosses the gateway in each direction (RFC 9110 7.6)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Conditionals and ranges a cache fill must not forward: the stored copy must be the full
+# representation, and the gateway answers the client's conditionals itself.
+CLIENT_CONDITIONALS = frozenset(
+    {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"}
+)
+
+TAG_FIELDS = frozenset({"surrogate-key", "cache-tag", "cache-groups"})
+TARGETED_FIELDS = frozenset({"cdn-cache-control", "surrogate-control"})
+
+# Fields of a stored response that only make sense on the original exchange.
+NOT_STORED = frozenset({"age", "set-cookie"}) | HOP_BY_HOP
+
+AnyHeaders = CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+def connection_listed(headers: AnyHeaders) -> set[str]:
+    """Field names a sender listed in Connection, which are hop-by-hop too (RFC 9110 7.6.1)."""
+    names: set[str] = set()
+    for value in headers.getall("Connection", []):
+        names.update(part.strip().lower() for part in value.split(",") if part.strip())
+    return names
+
+
+def end_to_end(headers: AnyHeaders, drop: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The headers that may be forwarded, in order, without hop-by-hop ones and `drop`."""
+    skip = HOP_BY_HOP | connection_listed(headers) | {d.lower() for d in drop}
+    return [(k, v) for k, v in headers.items() if k.lower() not in skip]
+
+
+def upstream_request_headers(
+    headers: AnyHeaders,
+    *,
+    client_ip: str | None,
+    scheme: str,
+    via: str,
+    host: str | None,
+    for_fill: bool,
+) -> CIMultiDict[str]:
+    """Headers for the origin: hygiene, X-Forwarded-*, Via; a fill drops the client's conditionals.
+
+    `host` replaces Host (None keeps the client's). Accept-Encoding is passed as the client sent
+    it and never added, so origins compress only for clients that asked.
+    """
+    drop = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host"}
+    if for_fill:
+        drop |= CLIENT_CONDITIONALS
+    out = CIMultiDict(end_to_end(headers, drop))
+    client_host = headers.get("Host", "")
+    out["Host"] = host if host is not None else client_host
+    prior = ", ".join(headers.getall("X-Forwarded-For", []))
+    if client_ip:
+        out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+    elif prior:
+        out["X-Forwarded-For"] = prior
+    out["X-Forwarded-Proto"] = scheme
+    if client_host:
+        out["X-Forwarded-Host"] = client_host
+    out["Via"] = ", ".join([*headers.getall("Via", []), via])
+    return out
+
+
+def client_response_headers(
+    headers: AnyHeaders, *, keep_tags: bool, consumed: Iterable[str] = TARGETED_FIELDS
+) -> list[tuple[str, str]]:
+    """Origin response headers fit for the client: no hop-by-hop, no consumed targeted fields,
+    no tag fields unless the route keeps them. Content-Length is left to the server."""
+    drop = set(consumed) | {"content-length"}
+    if not keep_tags:
+        drop |= TAG_FIELDS
+    return end_to_end(headers, drop)
+
+
+def tags_of(headers: AnyHeaders) -> tuple[str, ...]:
+    """Surrogate-Key / Cache-Tag (space or comma separated) and Cache-Groups (RFC 9875, an sf-list
+    of strings), deduplicated in order."""
+    seen: dict[str, None] = {}
+    for name in ("Surrogate-Key", "Cache-Tag"):
+        for value in headers.getall(name, []):
+            for tag in value.replace(",", " ").split():
+                seen.setdefault(tag, None)
+    for value in headers.getall("Cache-Groups", []):
+        for part in value.split(","):
+            tag = part.strip().split(";", 1)[0].strip()
+            if len(tag) >= 2 and tag[0] == tag[-1] == '"':
+                tag = tag[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            if tag:
+                seen.setdefault(tag, None)
+    return tuple(seen)

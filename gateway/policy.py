@@ -1,0 +1,515 @@
+"""Shared-cache rules of RFC 9111 / 9213 / 5861 / 9211 as pure functions of plain data and a clock.
+
+No I/O here: headers come in as multidicts (or any Mapping with `getall`), time as epoch seconds.
+The lenient field parsers live in `gateway.directives`; this module holds the decisions.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urldefrag, urljoin, urlsplit
+
+from gateway.directives import (
+    delta_seconds,
+    entity_tags,
+    field_names,
+    http_date,
+    parse_cache_control,
+    sf_item,
+    surrogate_max_age,
+    weak_tag,
+)
+from gateway.headers import HOP_BY_HOP
+
+Headers = Any  # multidict.CIMultiDict[str] / CIMultiDictProxy[str]: case-insensitive, getall()
+
+# RFC 9110 15.1 plus 9111 4.2.2: statuses a cache may store without explicit freshness. 206 is
+# left out on purpose: the gateway does not combine or serve ranges.
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+
+# Cache-Control directives that make a targeted field (RFC 9213) worth obeying; a field with
+# none of them is treated as absent, as RFC 9213 2.2 asks for an empty or invalid field.
+KNOWN_DIRECTIVES = frozenset({
+    "max-age", "s-maxage", "no-store", "no-cache", "private", "public", "must-revalidate",
+    "proxy-revalidate", "stale-while-revalidate", "stale-if-error", "immutable", "no-transform",
+    "must-understand",
+})
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+SURROGATE_CONTROL = "surrogate-control"
+
+# Fields a 304 must not change in the stored copy (RFC 9111 3.2): Content-Length always; the
+# others describe the stored bytes (kept as received, encoded) or the one exchange.
+_NOT_UPDATED = frozenset({"content-length", "content-encoding", "content-range"}) | HOP_BY_HOP
+
+# Bounds of an RFC 8941 sf-integer, for Cache-Status ttl=.
+_SF_INT_MAX = 999_999_999_999_999
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRules:
+    """The per-route knobs of the policy, built from the YAML route `cache:` block."""
+
+    heuristic_fraction: float | None = None  # None: no heuristic freshness (RFC 9111 4.2.2)
+    heuristic_max: float = 86400.0
+    default_swr: float = 0.0  # stale-while-revalidate when the origin sends none
+    default_sie: float = 0.0  # stale-if-error when the origin sends none
+    max_swr: float | None = None  # cap on what the origin may ask for
+    max_sie: float | None = None
+    targeted_fields: tuple[str, ...] = ("cdn-cache-control", "surrogate-control")
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What a stored response allows, computed once when it is stored (or refreshed by a 304)."""
+
+    lifetime: float  # freshness_lifetime, seconds
+    swr: float = 0.0  # stale-while-revalidate window after expiry
+    sie: float = 0.0  # stale-if-error window after expiry
+    must_revalidate: bool = False  # must-revalidate / proxy-revalidate: never served stale
+    no_cache: bool = False  # store, but validate before every reuse
+
+
+class Reuse(enum.Enum):
+    FRESH = "fresh"  # serve as a hit
+    STALE_WHILE_REVALIDATE = "swr"  # serve now, refresh in the background
+    VALIDATE = "validate"  # must be validated (or refetched) before it is served
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    reuse: Reuse
+    age: float  # current age, seconds
+    ttl: float  # remaining freshness (negative once stale), for Cache-Status ttl=
+    detail: str = ""  # why VALIDATE: "stale", "no-cache", "req-no-cache", "req-max-age", ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Directives:
+    """The response directives this gateway obeys, after RFC 9213 field selection.
+
+    `cc` is the winning CDN-Cache-Control-like field, else Cache-Control. `surrogate` is set when
+    Surrogate-Control won: it then only supplies the lifetime (and no-store), the rest still
+    comes from Cache-Control. `targeted` means Expires must be ignored (RFC 9213 2.2).
+    """
+
+    cc: dict[str, str | None]
+    surrogate: dict[str, str | None] | None = None
+    targeted: bool = False
+
+    @property
+    def no_store(self) -> bool:
+        surrogate = self.surrogate or {}
+        return "no-store" in self.cc or "no-store" in surrogate
+
+    @property
+    def must_revalidate(self) -> bool:
+        return "must-revalidate" in self.cc or "proxy-revalidate" in self.cc
+
+    @property
+    def no_cache(self) -> bool:
+        """Unqualified no-cache only: no-cache="X" just keeps field X out of the stored copy."""
+        return "no-cache" in self.cc and not field_names(self.cc["no-cache"])
+
+    @property
+    def private(self) -> bool:
+        """Unqualified private (an empty list counts as unqualified, to stay on the safe side)."""
+        return "private" in self.cc and not field_names(self.cc["private"])
+
+    def explicit(self, resp_headers: Headers) -> bool:
+        """Does the response carry explicit freshness or `public` (RFC 9111 3, 4.2.1)?"""
+        if self.surrogate is not None and "max-age" in self.surrogate:
+            return True
+        if self.cc.keys() & {"s-maxage", "max-age", "public"}:
+            return True
+        return not self.targeted and bool(_all(resp_headers, "Expires"))
+
+
+def _all(headers: Headers, name: str) -> list[str]:
+    return list(headers.getall(name, []))
+
+
+def _first(headers: Headers, name: str) -> str | None:
+    values = _all(headers, name)
+    return values[0] if values else None
+
+
+def _effective(resp_headers: Headers, rules: RouteRules) -> _Directives:
+    """RFC 9213 2.2: the first targeted field with usable directives replaces Cache-Control."""
+    for name in rules.targeted_fields:
+        values = _all(resp_headers, name)
+        if not values:
+            continue
+        directives = parse_cache_control(values)
+        if name.lower() == SURROGATE_CONTROL:
+            if "max-age" in directives or "no-store" in directives:
+                cc = parse_cache_control(_all(resp_headers, "Cache-Control"))
+                return _Directives(cc, surrogate=directives)
+        elif directives.keys() & KNOWN_DIRECTIVES:
+            return _Directives(directives, targeted=True)
+    return _Directives(parse_cache_control(_all(resp_headers, "Cache-Control")))
+
+
+def _request_directives(req_headers: Headers) -> dict[str, str | None]:
+    """Request directives; `Pragma: no-cache` counts only without Cache-Control (RFC 9111 5.4)."""
+    values = _all(req_headers, "Cache-Control")
+    if values:
+        return parse_cache_control(values)
+    if "no-cache" in parse_cache_control(_all(req_headers, "Pragma")):
+        return {"no-cache": None}
+    return {}
+
+
+def strip_fields(resp_headers: Headers, rules: RouteRules | None = None) -> tuple[str, ...]:
+    """Lower-cased names listed in private="..." / no-cache="..." (RFC 9111 5.2.2.4, 5.2.2.7).
+
+    A shared cache may store such a response only without those fields. Names are collected from
+    Cache-Control and every CDN-Cache-Control-like targeted field: stripping too much is safe.
+    """
+    rules = rules or RouteRules()
+    sources = ["cache-control"] + [
+        f for f in rules.targeted_fields if f.lower() != SURROGATE_CONTROL
+    ]
+    names: set[str] = set()
+    for source in sources:
+        directives = parse_cache_control(_all(resp_headers, source))
+        for qualified in ("private", "no-cache"):
+            names.update(field_names(directives.get(qualified)))
+    return tuple(sorted(names))
+
+
+def storable(method: str, status: int, req_headers: Headers, resp_headers: Headers,
+             rules: RouteRules) -> str | None:
+    """None when a shared cache may store the response (RFC 9111 3, 3.5), else the reason.
+
+    Reasons: "method", "status", "no-store", "private", "authorization", "vary-star",
+    "set-cookie", "no-freshness". Cache-Control private / no-store are ignored when a
+    CDN-Cache-Control field wins (RFC 9213 2.2); Surrogate-Control only overrides the lifetime.
+    A response with no explicit freshness and no validator is refused as "no-freshness": it
+    could never be reused (heuristic freshness needs Last-Modified, which is a validator).
+    """
+    if method.upper() not in ("GET", "HEAD"):
+        return "method"
+    if not 200 <= status <= 599 or status in (206, 304):
+        return "status"
+    if "no-store" in _request_directives(req_headers):
+        return "no-store"  # RFC 9111 5.2.1.5
+    d = _effective(resp_headers, rules)
+    if d.no_store:
+        return "no-store"  # RFC 9111 5.2.2.5
+    if d.private:
+        return "private"  # RFC 9111 5.2.2.7
+    if _first(req_headers, "Authorization") is not None and not (
+        d.cc.keys() & {"public", "s-maxage", "must-revalidate"}
+    ):
+        return "authorization"  # RFC 9111 3.5
+    if vary_names(resp_headers) is None:
+        return "vary-star"  # RFC 9111 4.1
+    if _all(resp_headers, "Set-Cookie") and "set-cookie" not in strip_fields(resp_headers, rules):
+        return "set-cookie"  # RFC 9111 7.3: a shared cache must not hand one user's cookie out
+    explicit = d.explicit(resp_headers)
+    if not explicit and status not in HEURISTIC_STATUSES:
+        return "status"  # RFC 9111 3: neither heuristically cacheable nor explicitly fresh
+    if not explicit and not (_all(resp_headers, "ETag") or _all(resp_headers, "Last-Modified")):
+        return "no-freshness"
+    return None
+
+
+def _cap(value: float, cap: float | None) -> float:
+    return value if cap is None else min(value, cap)
+
+
+def _lifetime(status: int, resp_headers: Headers, response_time: float, rules: RouteRules,
+              d: _Directives) -> float:
+    """RFC 9111 4.2.1, with the targeted fields of RFC 9213 in front; invalid values are 0."""
+    if d.surrogate is not None and "max-age" in d.surrogate:
+        return float(surrogate_max_age(d.surrogate["max-age"]) or 0)
+    for name in ("s-maxage", "max-age"):
+        if name in d.cc:
+            return float(delta_seconds(d.cc[name]) or 0)
+    date = http_date(_first(resp_headers, "Date"))
+    date_value = response_time if date is None else date
+    expires = _first(resp_headers, "Expires")
+    if expires is not None and not d.targeted:
+        expires_at = http_date(expires)
+        return 0.0 if expires_at is None else max(0.0, expires_at - date_value)  # RFC 9111 5.3
+    if rules.heuristic_fraction is not None and status in HEURISTIC_STATUSES:
+        last_modified = http_date(_first(resp_headers, "Last-Modified"))
+        if last_modified is not None:
+            guess = rules.heuristic_fraction * max(0.0, date_value - last_modified)
+            return min(guess, rules.heuristic_max)  # RFC 9111 4.2.2
+    return 0.0
+
+
+def _window(value: str | None, present: bool, cap: float | None, default: float,
+            forbidden: bool) -> float:
+    """An RFC 5861 window: the origin's own (capped) or the route default; none if forbidden."""
+    if forbidden:
+        return 0.0
+    if present:
+        return _cap(float(delta_seconds(value) or 0), cap)
+    return max(0.0, default)
+
+
+def freshness(status: int, resp_headers: Headers, response_time: float,
+              rules: RouteRules) -> Freshness:
+    """Lifetime from CDN-Cache-Control > Surrogate-Control > s-maxage > max-age > Expires >
+    heuristic (only if the route enables it), plus the RFC 5861 windows.
+
+    Deliberate deviation from RFC 9111 5.2.2.10: s-maxage does not imply proxy-revalidate here.
+    Like Fastly, Cloudflare and Varnish we read it as plain shared-cache freshness, so origin
+    stale-while-revalidate / stale-if-error and the route defaults still apply next to it. Only
+    an explicit must-revalidate / proxy-revalidate / no-cache / no-store forbids serving stale
+    (RFC 9111 4.2.4): then both windows are 0, whatever the origin or the route asked for.
+    """
+    d = _effective(resp_headers, rules)
+    forbidden = d.must_revalidate or d.no_cache or d.no_store
+    swr = "stale-while-revalidate"
+    sie = "stale-if-error"
+    return Freshness(
+        lifetime=_lifetime(status, resp_headers, response_time, rules, d),
+        swr=_window(d.cc.get(swr), swr in d.cc, rules.max_swr, rules.default_swr, forbidden),
+        sie=_window(d.cc.get(sie), sie in d.cc, rules.max_sie, rules.default_sie, forbidden),
+        must_revalidate=d.must_revalidate,
+        no_cache=d.no_cache,
+    )
+
+
+def initial_age(resp_headers: Headers, request_time: float, response_time: float) -> float:
+    """corrected_initial_age of RFC 9111 4.2.3 (Age and Date of the response).
+
+    An invalid Age (RFC 9111 5.1: not a non-negative integer) is ignored; of several, the first
+    counts. A missing or invalid Date gives no apparent age. A clock that runs backwards between
+    request and response adds no delay rather than a negative one.
+    """
+    age_value = 0
+    age = _first(resp_headers, "Age")
+    if age is not None:
+        age_value = delta_seconds(age.split(",")[0]) or 0
+    date = http_date(_first(resp_headers, "Date"))
+    apparent_age = 0.0 if date is None else max(0.0, response_time - date)
+    response_delay = max(0.0, response_time - request_time)
+    return max(apparent_age, age_value + response_delay)
+
+
+def judge(fresh: Freshness, age: float, req_headers: Headers, now_soft_stale: bool = False,
+          *, soft_grace: float = 0.0) -> Judgement:
+    """May a stored response of this age be reused for this request (RFC 9111 4.2, 5.2.1; RFC 5861)?
+    `now_soft_stale` forces the entry to count as stale (soft purge / soft bust); it may still be
+    served while revalidating for `soft_grace` more seconds (or within its swr window), unless
+    the response forbids stale (must-revalidate, no-cache)."""
+    age = max(0.0, age)
+    ttl = fresh.lifetime - age
+    if now_soft_stale:
+        ttl = min(ttl, 0.0)
+
+    def verdict(reuse: Reuse, detail: str = "") -> Judgement:
+        return Judgement(reuse, age, ttl, detail)
+
+    req = _request_directives(req_headers)
+    if "no-cache" in req:
+        return verdict(Reuse.VALIDATE, "req-no-cache")  # RFC 9111 5.2.1.4
+    if "max-age" in req and age > (delta_seconds(req["max-age"]) or 0):
+        return verdict(Reuse.VALIDATE, "req-max-age")  # RFC 9111 5.2.1.1
+    if "min-fresh" in req and ttl < (delta_seconds(req["min-fresh"]) or 0):
+        return verdict(Reuse.VALIDATE, "req-min-fresh")  # RFC 9111 5.2.1.3
+    if fresh.no_cache:
+        return verdict(Reuse.VALIDATE, "no-cache")  # RFC 9111 5.2.2.4
+    if ttl > 0:
+        return verdict(Reuse.FRESH)
+    if fresh.must_revalidate:
+        return verdict(Reuse.VALIDATE, "stale")  # RFC 9111 5.2.2.2, 5.2.2.8
+    staleness = -ttl
+    if "max-stale" in req:  # RFC 9111 5.2.1.2
+        limit = req["max-stale"]
+        if limit is None or staleness <= (delta_seconds(limit) or 0):
+            return verdict(Reuse.FRESH, "max-stale")
+    if (now_soft_stale and soft_grace > 0) or (fresh.swr > 0 and staleness <= fresh.swr):
+        return verdict(Reuse.STALE_WHILE_REVALIDATE)  # RFC 5861 3
+    return verdict(Reuse.VALIDATE, "stale")
+
+
+def usable_if_error(fresh: Freshness, age: float, req_headers: Headers) -> bool:
+    """RFC 5861 4: may the stale response be served because the origin failed?
+
+    A fresh entry always may, except a no-cache one (it needs the origin every time). A stale one
+    may within the response's stale-if-error window or the request's own stale-if-error, never
+    under must-revalidate (RFC 9111 5.2.2.2: a disconnected cache must answer with an error).
+    """
+    if fresh.no_cache:
+        return False
+    ttl = fresh.lifetime - max(0.0, age)
+    if ttl > 0:
+        return True
+    if fresh.must_revalidate:
+        return False
+    staleness = -ttl
+    if fresh.sie > 0 and staleness <= fresh.sie:
+        return True
+    asked = _request_directives(req_headers).get("stale-if-error", "")
+    limit = delta_seconds(asked)
+    return limit is not None and staleness <= limit
+
+
+def not_modified(req_headers: Headers, method: str, status: int, resp_headers: Headers,
+                 *, response_time: float | None = None) -> bool:
+    """True when a client conditional (If-None-Match, else If-Modified-Since) is answered by 304
+    (RFC 9110 13.1.2, 13.1.3, 13.2.2; RFC 9111 4.3.2).
+
+    If-None-Match uses the weak comparison; when it is present If-Modified-Since is ignored.
+    Without Last-Modified, the stored Date (else `response_time`) is the modification time.
+    """
+    if method.upper() not in ("GET", "HEAD") or not 200 <= status <= 299:
+        return False
+    if_none_match = _all(req_headers, "If-None-Match")
+    if if_none_match:
+        wanted = [tag for value in if_none_match for tag in entity_tags(value)]
+        if "*" in wanted:
+            return True  # a stored response means a current representation exists
+        etag = _first(resp_headers, "ETag")
+        if etag is None or not entity_tags(etag):
+            return False
+        current = weak_tag(entity_tags(etag)[0])
+        return any(weak_tag(tag) == current for tag in wanted)
+    ims_values = _all(req_headers, "If-Modified-Since")
+    if len(ims_values) != 1:
+        return False  # absent, or several: RFC 9110 13.1.3 says ignore
+    since = http_date(ims_values[0])
+    if since is None:
+        return False
+    modified = http_date(_first(resp_headers, "Last-Modified"))
+    if modified is None:
+        modified = http_date(_first(resp_headers, "Date"))
+    if modified is None:
+        modified = response_time
+    return modified is not None and modified <= since
+
+
+def validators(resp_headers: Headers) -> dict[str, str]:
+    """If-None-Match / If-Modified-Since to revalidate a stored response (RFC 9111 4.3.1)."""
+    out: dict[str, str] = {}
+    etag = _first(resp_headers, "ETag")
+    if etag is not None and etag.strip():
+        out["If-None-Match"] = etag.strip()
+    last_modified = _first(resp_headers, "Last-Modified")
+    if last_modified is not None and last_modified.strip():
+        out["If-Modified-Since"] = last_modified.strip()
+    return out
+
+
+def merge_not_modified(stored: Sequence[tuple[str, str]], fresh_headers: Headers,
+                       ) -> tuple[tuple[str, str], ...]:
+    """Stored headers updated from a 304 (RFC 9111 3.2, 4.3.4): replace what the 304 carries,
+    except Content-Length and the fields that must not be updated.
+
+    A name the 304 carries replaces every stored value of that name, in the place of its first
+    stored occurrence; new names are appended. Content-Encoding and Content-Range describe the
+    stored bytes and stay; hop-by-hop and Connection-listed fields are not taken (RFC 9111 3.1).
+    """
+    listed = {
+        name.strip().lower()
+        for value in _all(fresh_headers, "Connection")
+        for name in value.split(",")
+    }
+    skip = _NOT_UPDATED | listed
+    updates: dict[str, list[tuple[str, str]]] = {}
+    for name, value in fresh_headers.items():
+        if name.lower() not in skip:
+            updates.setdefault(name.lower(), []).append((name, value))
+    merged: list[tuple[str, str]] = []
+    replaced: set[str] = set()
+    for name, value in stored:
+        key = name.lower()
+        if key not in updates:
+            merged.append((name, value))
+        elif key not in replaced:
+            merged.extend(updates[key])
+            replaced.add(key)
+    for key, items in updates.items():
+        if key not in replaced:
+            merged.extend(items)
+    return tuple(merged)
+
+
+def vary_names(resp_headers: Headers) -> tuple[str, ...] | None:
+    """Lower-cased, sorted Vary names; None for `Vary: *` (never reusable, RFC 9111 4.1)."""
+    names: set[str] = set()
+    for value in _all(resp_headers, "Vary"):
+        for part in value.split(","):
+            name = part.strip().lower()
+            if name == "*":
+                return None
+            if name:
+                names.add(name)
+    return tuple(sorted(names))
+
+
+def invalidates(method: str, status: int) -> bool:
+    """RFC 9111 4.4: an unsafe method with a non-error status invalidates the target URI."""
+    return method.upper() not in SAFE_METHODS and 200 <= status <= 399
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if not parts.hostname or scheme not in ("http", "https"):
+        return None
+    return scheme, parts.hostname, port or {"http": 80, "https": 443}[scheme]
+
+
+def invalidation_targets(request_url: str, resp_headers: Headers) -> list[str]:
+    """Absolute same-origin URLs of Location and Content-Location to invalidate too (RFC 9111 4.4).
+
+    Other origins are left alone so that one site cannot purge another's entries.
+    """
+    origin = _origin(request_url)
+    if origin is None:
+        return []
+    targets: list[str] = []
+    for name in ("Location", "Content-Location"):
+        for value in _all(resp_headers, name):
+            url = urldefrag(urljoin(request_url, value.strip())).url
+            if _origin(url) == origin and url != request_url and url not in targets:
+                targets.append(url)
+    return targets
+
+
+def _sf_integer(value: float) -> int:
+    """An RFC 8941 sf-integer: rounded half up, clamped to its 15 digits, NaN as 0."""
+    if math.isnan(value):
+        return 0
+    return math.floor(max(-_SF_INT_MAX, min(_SF_INT_MAX, value + 0.5)))
+
+
+def cache_status(name: str, *, hit: bool, fwd: str | None = None, fwd_status: int | None = None,
+                 stored: bool = False, ttl: float | None = None, collapsed: bool = False,
+                 detail: str | None = None) -> str:
+    """One Cache-Status member (RFC 9211 2), e.g. `edge; fwd=uri-miss; ttl=29; stored`.
+
+    Parameters come in a fixed order (hit, fwd, fwd-status, ttl, stored, collapsed, detail);
+    ttl is rounded to the nearest second, so that it adds up with the whole-second Age served.
+    """
+    params: list[str] = [sf_item(name)]
+    if hit:
+        params.append("hit")
+    if fwd is not None:
+        params.append(f"fwd={sf_item(fwd)}")
+    if fwd_status is not None:
+        params.append(f"fwd-status={_sf_integer(fwd_status)}")
+    if ttl is not None:
+        params.append(f"ttl={_sf_integer(ttl)}")
+    if stored:
+        params.append("stored")
+    if collapsed:
+        params.append("collapsed")
+    if detail is not None:
+        params.append(f"detail={sf_item(detail)}")
+    return "; ".join(params)

@@ -1,0 +1,86 @@
+"""The cache entry and the async store protocol every tier (memory, Redis, tiered) implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.policy import Freshness
+
+# Fixed per-entry overhead we charge on top of headers and body, so that a flood of tiny
+# entries still hits the byte bound (dict slot, dataclass, tuples).
+ENTRY_OVERHEAD = 256
+
+
+@dataclass(slots=True)
+class Entry:
+    """A stored response, with everything the policy needs to judge it later.
+
+    `headers` are the origin's end-to-end headers as received, less `Age` and `Set-Cookie`, so that
+    freshness can be recomputed after a 304; what clients see is filtered on the way out.
+    """
+
+    key: str
+    tenant: str
+    url: str  # normalised URL (scheme://host[:port]/path?query), for prefix purges
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    response_time: float  # wall clock when the response arrived (RFC 9111 4.2.3)
+    initial_age: float  # corrected_initial_age (RFC 9111 4.2.3)
+    freshness: Freshness
+    etag: str | None = None
+    last_modified: str | None = None
+    vary: tuple[str, ...] = ()  # lower-cased request header names the response varies on
+    tags: tuple[str, ...] = ()
+    soft_generation: int = 0  # the soft-bust epoch when its fill started
+    stored_at: float = field(default=0.0)
+    soft_purged_at: float | None = None  # set by a soft purge: stale from then on
+
+    def size(self) -> int:
+        """Bytes charged against the store's bounds: body, headers, key, url, tags, overhead."""
+        return (
+            ENTRY_OVERHEAD
+            + len(self.body)
+            + sum(len(k) + len(v) + 4 for k, v in self.headers)
+            + len(self.key)
+            + len(self.url)
+            + sum(len(t) for t in self.tags)
+        )
+
+    def age(self, now: float) -> float:
+        """current_age of RFC 9111 4.2.3."""
+        return self.initial_age + max(0.0, now - self.response_time)
+
+
+class Store(Protocol):
+    """Async so that the Redis tier can implement the same calls."""
+
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def put(self, entry: Entry) -> bool:
+        """Store under entry.key; False when refused (too big for the object or tenant bound)."""
+        ...
+
+    async def delete(self, key: str) -> bool: ...
+
+    async def get_vary(self, primary_key: str) -> tuple[str, ...] | None:
+        """The Vary header names last stored for a primary key (None: no entry varies)."""
+        ...
+
+    async def set_vary(self, primary_key: str, names: tuple[str, ...]) -> None: ...
+
+    # Purges remove entries, or with `soft_at` mark them stale since that time (soft purge).
+    async def purge_tenant(self, tenant: str, soft_at: float | None = None) -> int: ...
+
+    async def purge_prefix(
+        self, tenant: str, url_prefix: str, soft_at: float | None = None
+    ) -> int: ...
+
+    async def purge_tags(
+        self, tenant: str, tags: list[str], soft_at: float | None = None
+    ) -> int: ...
+
+    async def purge_url(self, tenant: str, url: str, soft_at: float | None = None) -> int:
+        """Every variant of one normalised URL."""
+        ...

@@ -1,0 +1,472 @@
+"""MemoryStore: byte-bounded LRU, tenant quotas, purge indexes, Vary registry."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from gateway.key import primary_key
+from gateway.policy import Freshness
+from gateway.store import ENTRY_OVERHEAD, Entry
+from gateway.store.memory import MemoryStore
+
+T = TypeVar("T")
+
+
+def make(
+    key: str,
+    body_len: int = 100,
+    *,
+    tenant: str = "t",
+    url: str | None = None,
+    tags: tuple[str, ...] = (),
+) -> Entry:
+    return Entry(
+        key=key,
+        tenant=tenant,
+        url=url if url is not None else f"http://h/{key}",
+        status=200,
+        headers=(),
+        body=b"x" * body_len,
+        response_time=0.0,
+        initial_age=0.0,
+        freshness=Freshness(lifetime=30.0),
+        tags=tags,
+    )
+
+
+def sized(key: str, size: int, **kw: object) -> Entry:
+    """An entry whose size() is exactly `size` (key and url of fixed length)."""
+    entry = make(key, 0, **kw)  # type: ignore[arg-type]
+    entry.body = b"x" * (size - entry.size())
+    assert entry.size() == size
+    return entry
+
+
+def keys(store: MemoryStore) -> list[str]:
+    return list(store._lru)
+
+
+# -- LRU and byte bound ---------------------------------------------------------------------
+
+
+async def test_get_put_delete_roundtrip() -> None:
+    store = MemoryStore(max_bytes=10_000, max_object_bytes=10_000)
+    e = make("a")
+    assert await store.get("a") is None
+    assert await store.put(e)
+    assert await store.get("a") is e
+    assert await store.delete("a")
+    assert not await store.delete("a")
+    assert await store.get("a") is None
+    assert store.stats()["bytes"] == 0
+    store.check_invariants()
+
+
+async def test_evicts_least_recently_used_by_bytes() -> None:
+    store = MemoryStore(max_bytes=3 * 1000, max_object_bytes=3000)
+    for k in "abc":
+        assert await store.put(sized(k, 1000))
+    assert store.stats()["bytes"] == 3000
+    assert await store.put(sized("d", 1000))
+    assert keys(store) == ["b", "c", "d"]
+    assert store.stats()["evictions"] == 1
+    # a big one pushes out as many as needed, oldest first
+    assert await store.put(sized("e", 2000))
+    assert keys(store) == ["d", "e"]
+    assert store.stats()["evictions"] == 3
+    store.check_invariants()
+
+
+async def test_get_refreshes_recency() -> None:
+    store = MemoryStore(max_bytes=3000, max_object_bytes=3000)
+    for k in "abc":
+        await store.put(sized(k, 1000))
+    assert await store.get("a") is not None
+    await store.put(sized("d", 1000))
+    assert keys(store) == ["c", "a", "d"]
+    assert await store.get("b") is None
+    store.check_invariants()
+
+
+async def test_replace_adjusts_bytes_and_recency() -> None:
+    store = MemoryStore(max_bytes=10_000, max_object_bytes=10_000)
+    await store.put(sized("a", 1000, tags=("x",)))
+    await store.put(sized("b", 1000))
+    assert await store.put(sized("a", 3000, tags=("y",)))
+    assert store.stats()["bytes"] == 4000
+    assert store.tenant_bytes("t") == 4000
+    assert keys(store) == ["b", "a"]
+    assert ("t", "t:x") not in store._index
+    assert store._index[("t", "t:y")] == {"a"}
+    assert await store.put(sized("a", 500))
+    assert store.stats()["bytes"] == 1500
+    assert store.stats()["entries"] == 2
+    store.check_invariants()
+
+
+async def test_refuses_objects_over_bounds_and_keeps_old() -> None:
+    store = MemoryStore(
+        max_bytes=5000, max_object_bytes=2000, tenant_quota=lambda t: 1500 if t == "small" else None
+    )
+    old = sized("a", 1000)
+    assert await store.put(old)
+    assert not await store.put(sized("a", 2001))
+    assert await store.get("a") is old
+    assert await store.put(sized("b", 2000))
+    big_store = MemoryStore(max_bytes=1000, max_object_bytes=10_000)
+    assert not await big_store.put(sized("x", 1001))
+    assert len(big_store) == 0
+    assert not await store.put(sized("s", 1501, tenant="small"))
+    assert store.tenant_bytes("small") == 0
+    assert store.stats()["evictions"] == 0
+    store.check_invariants()
+    big_store.check_invariants()
+
+
+async def test_entry_size_counts_overhead() -> None:
+    store = MemoryStore(max_bytes=10 * ENTRY_OVERHEAD, max_object_bytes=10**6)
+    for i in range(100):
+        await store.put(make(f"k{i}", 0))
+    # tiny entries still hit the byte bound through the per-entry overhead
+    assert len(store) < 10
+    store.check_invariants()
+
+
+async def test_size_charged_at_put_time() -> None:
+    store = MemoryStore(max_bytes=10_000, max_object_bytes=10_000)
+    e = sized("a", 1000)
+    await store.put(e)
+    e.body = b"y" * 5000  # a caller mutating a stored entry must not skew the accounting
+    await store.delete("a")
+    assert store.stats()["bytes"] == 0
+    store.check_invariants()
+
+
+async def test_on_evict_hook_only_for_capacity_evictions() -> None:
+    evicted: list[str] = []
+    store = MemoryStore(
+        max_bytes=2000, max_object_bytes=2000, on_evict=lambda e: evicted.append(e.key)
+    )
+    await store.put(sized("a", 1000))
+    await store.put(sized("b", 1000))
+    await store.put(sized("c", 1000))
+    await store.delete("b")
+    await store.purge_tenant("t")
+    assert evicted == ["a"]
+
+
+# -- tenant quotas --------------------------------------------------------------------------
+
+
+async def test_noisy_tenant_evicts_only_its_own_entries() -> None:
+    quotas = {"noisy": 3000}
+    store = MemoryStore(max_bytes=10_000, max_object_bytes=2000, tenant_quota=quotas.get)
+    for i in range(4):
+        assert await store.put(sized(f"q{i}", 1000, tenant="quiet"))
+    for i in range(20):
+        assert await store.put(sized(f"n{i:02}", 1000, tenant="noisy"))
+        assert store.tenant_bytes("noisy") <= 3000
+    assert all([await store.get(f"q{i}") is not None for i in range(4)])
+    assert [k for k in keys(store) if k.startswith("n")] == ["n17", "n18", "n19"]
+    stats = store.stats()
+    assert stats["tenants"]["noisy"] == {"entries": 3, "bytes": 3000, "evictions": 17}
+    assert stats["tenants"]["quiet"] == {"entries": 4, "bytes": 4000, "evictions": 0}
+    assert stats["evictions"] == 17
+    store.check_invariants()
+
+
+async def test_tenant_quota_evicts_tenant_lru_not_global_lru() -> None:
+    quotas = {"a": 2000}
+    store = MemoryStore(max_bytes=10_000, max_object_bytes=2000, tenant_quota=quotas.get)
+    await store.put(sized("b1", 1000, tenant="b"))  # globally oldest, other tenant
+    await store.put(sized("a1", 1000, tenant="a"))
+    await store.put(sized("a2", 1000, tenant="a"))
+    await store.get("a1")  # a2 is now a's least recently used
+    await store.put(sized("a3", 1000, tenant="a"))
+    assert keys(store) == ["b1", "a1", "a3"]
+    store.check_invariants()
+
+
+async def test_global_bound_still_applies_across_tenants() -> None:
+    store = MemoryStore(max_bytes=3000, max_object_bytes=3000, tenant_quota=lambda t: 2000)
+    await store.put(sized("a1", 1000, tenant="a"))
+    await store.put(sized("b1", 1000, tenant="b"))
+    await store.put(sized("c1", 1000, tenant="c"))
+    await store.put(sized("d1", 1000, tenant="d"))
+    assert keys(store) == ["b1", "c1", "d1"]
+    assert store.stats()["tenants"]["a"]["evictions"] == 1
+    store.check_invariants()
+
+
+# -- purges ---------------------------------------------------------------------------------
+
+
+async def test_purge_tenant() -> None:
+    store = MemoryStore(max_bytes=100_000, max_object_bytes=10_000)
+    for i in range(5):
+        await store.put(make(f"a{i}", tenant="a", tags=("all",)))
+        await store.put(make(f"b{i}", tenant="b", tags=("all",)))
+    assert await store.purge_tenant("a") == 5
+    assert await store.purge_tenant("a") == 0
+    assert await store.purge_tenant("nobody") == 0
+    assert len(store) == 5
+    assert store.tenant_bytes("a") == 0
+    assert ("a", "t:all") not in store._index
+    assert len(store._index[("b", "t:all")]) == 5
+    assert len(store._tenants["a"].lru) == 0
+    store.check_invariants()
+
+
+async def test_purge_prefix_path_and_absolute() -> None:
+    store = MemoryStore(max_bytes=100_000, max_object_bytes=10_000)
+    urls = {
+        "1": "http://h/api/v1/users",
+        "2": "http://h/api/v1/users?page=2",
+        "3": "http://h/api/v2/x",
+        "4": "https://other/api/v1/users",
+        "5": "http://h/static/api/v1",
+        "6": "http://hh/api/v1/z",
+    }
+    for k, u in urls.items():
+        await store.put(make(k, url=u))
+    await store.put(make("other-tenant", tenant="o", url="http://h/api/v1/users"))
+    assert await store.purge_prefix("t", "/api/v1/users?") == 1
+    assert await store.purge_prefix("t", "/api/v1/") == 3  # 1, 4, 6 (any host of the tenant)
+    assert sorted(k for k in keys(store)) == ["3", "5", "other-tenant"]
+    assert await store.purge_prefix("t", "HTTP://H") == 2
+    assert keys(store) == ["other-tenant"]
+    assert await store.purge_prefix("nobody", "/") == 0
+    store.check_invariants()
+
+
+async def test_purge_prefix_absolute_host_boundary() -> None:
+    store = MemoryStore(max_bytes=100_000, max_object_bytes=10_000)
+    await store.put(make("a", url="http://h/x"))
+    await store.put(make("b", url="http://hh/x"))
+    await store.put(make("c", url="http://h:8080/x"))
+    assert await store.purge_prefix("t", "http://h") == 1
+    assert sorted(keys(store)) == ["b", "c"]
+    assert await store.purge_prefix("t", "api") == 0
+    await store.put(make("d", url="http://h/api/z"))
+    assert await store.purge_prefix("t", "api") == 1
+
+
+async def test_purge_tags() -> None:
+    store = MemoryStore(max_bytes=100_000, max_object_bytes=10_000)
+    await store.put(make("1", tags=("red", "big")))
+    await store.put(make("2", tags=("red",)))
+    await store.put(make("3", tags=("blue",)))
+    await store.put(make("4", tags=("big",)))
+    await store.put(make("o", tenant="other", tags=("red",)))
+    assert await store.purge_tags("t", ["red", "big"]) == 3
+    assert keys(store) == ["3", "o"]
+    assert await store.purge_tags("t", ["red"]) == 0
+    assert {k for k in store._index if k[1].startswith("t:")} == {
+        ("t", "t:blue"),
+        ("other", "t:red"),
+    }
+    assert await store.purge_tags("t", []) == 0
+    store.check_invariants()
+
+
+async def test_no_stale_index_entries_after_eviction() -> None:
+    store = MemoryStore(max_bytes=5000, max_object_bytes=5000, tenant_quota=lambda t: 3000)
+    for i in range(50):
+        await store.put(sized(f"k{i}", 1000, tenant=f"t{i % 3}", tags=(f"tag{i}", "common")))
+    assert len(store) == 5
+    tag_index = {k: v for k, v in store._index.items() if k[1].startswith("t:")}
+    indexed = set().union(*tag_index.values())
+    assert indexed == set(store._lru)
+    assert sum(len(t.lru) for t in store._tenants.values()) == 5
+    assert len(tag_index) == 5 + len({store._lru[k].entry.tenant for k in store._lru})
+    store.check_invariants()
+
+
+# -- Vary registry --------------------------------------------------------------------------
+
+
+async def test_vary_registry_roundtrip_and_purge_tenant() -> None:
+    store = MemoryStore(max_bytes=100_000, max_object_bytes=10_000)
+    pa = primary_key("a", "1", "GET", "http://h/x")
+    pb = primary_key("b", "1", "GET", "http://h/x")
+    assert await store.get_vary(pa) is None
+    await store.set_vary(pa, ("accept-encoding",))
+    await store.set_vary(pa, ("accept-encoding", "accept-language"))
+    await store.set_vary(pb, ("cookie",))
+    assert await store.get_vary(pa) == ("accept-encoding", "accept-language")
+    assert await store.get_vary(pb) == ("cookie",)
+    assert store.stats()["vary_entries"] == 2
+    store.check_invariants()
+    await store.purge_tenant("a")
+    assert await store.get_vary(pa) is None
+    assert await store.get_vary(pb) == ("cookie",)
+    store.check_invariants()
+
+
+async def test_vary_registry_with_escaped_tenant() -> None:
+    store = MemoryStore(max_bytes=100_000, max_object_bytes=10_000)
+    p = primary_key("a|b", "1", "GET", "http://h/x")
+    await store.set_vary(p, ("x",))
+    await store.purge_tenant("a|b")
+    assert await store.get_vary(p) is None
+    store.check_invariants()
+
+
+async def test_vary_registry_bounded_lru() -> None:
+    store = MemoryStore(max_bytes=100_000, max_object_bytes=10_000, vary_max_bytes=1000)
+    for i in range(100):
+        await store.set_vary(f"t|1|GET|http://h/{i:03}", ("accept",))
+        if i == 5:
+            await store.get_vary("t|1|GET|http://h/000")
+    stats = store.stats()
+    assert stats["vary_bytes"] <= 1000
+    assert 0 < stats["vary_entries"] < 100
+    assert await store.get_vary("t|1|GET|http://h/099") == ("accept",)
+    assert await store.get_vary("t|1|GET|http://h/001") is None
+    store.check_invariants()
+
+
+# -- randomized invariants ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_random_operations_keep_invariants(seed: int) -> None:
+    rnd = random.Random(seed)
+    tenants = ["a", "b", "c"]
+    quotas = {"a": 4000, "b": None, "c": 2500}
+    store = MemoryStore(max_bytes=8000, max_object_bytes=3000, tenant_quota=quotas.get)
+    for _ in range(400):
+        op = rnd.random()
+        tenant = rnd.choice(tenants)
+        key = f"{tenant}|1|GET|http://h/{rnd.choice(['x', 'y'])}/{rnd.randrange(15)}"
+        if op < 0.5:
+            tags = tuple(rnd.sample(["r", "g", "b"], rnd.randrange(3)))
+            entry = make(
+                key, rnd.randrange(0, 3500), tenant=tenant, url=key.split("|")[3], tags=tags
+            )
+            accepted = await store.put(entry)
+            quota = quotas[tenant]
+            assert accepted == (entry.size() <= 3000 and (quota is None or entry.size() <= quota))
+            if accepted:
+                assert await store.get(key) is entry
+        elif op < 0.7:
+            await store.get(key)
+        elif op < 0.8:
+            await store.delete(key)
+        elif op < 0.85:
+            await store.purge_tags(tenant, [rnd.choice(["r", "g", "b"])])
+        elif op < 0.9:
+            await store.purge_prefix(tenant, rnd.choice(["/x/", "/y/1", "http://h/x"]))
+        elif op < 0.93:
+            await store.purge_tenant(tenant)
+        else:
+            await store.set_vary(key, ("accept-encoding",))
+        store.check_invariants()
+        stats = store.stats()
+        assert stats["bytes"] == sum(s.size for s in store._lru.values()) <= 8000
+        for name, t in stats["tenants"].items():
+            if quotas[name] is not None:
+                assert t["bytes"] <= quotas[name]
+
+
+async def test_check_invariants_detects_corruption() -> None:
+    store = MemoryStore(max_bytes=10_000, max_object_bytes=10_000)
+    await store.put(make("a", tags=("x",)))
+    store._index[("t", "t:x")].add("ghost")
+    with pytest.raises(AssertionError):
+        store.check_invariants()
+
+
+# -- stateful -------------------------------------------------------------------------------
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Drive a store coroutine to completion: the memory store never really suspends."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    raise AssertionError("MemoryStore coroutine suspended")
+
+
+KEYS = st.sampled_from(
+    [f"{t}|1|GET|http://h/{p}/{i}" for t in "ab" for p in "xy" for i in range(4)]
+)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Random put/get/delete/purge sequences against a model of which keys may be present."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = MemoryStore(
+            max_bytes=3000, max_object_bytes=1500, tenant_quota={"a": 1800}.get
+        )
+
+    @rule(key=KEYS, body=st.integers(0, 1800), tags=st.sets(st.sampled_from("rgb"), max_size=2))
+    def put(self, key: str, body: int, tags: set[str]) -> None:
+        tenant = key[0]
+        entry = make(key, body, tenant=tenant, url=key.split("|")[3], tags=tuple(sorted(tags)))
+        before = run(self.store.get(key))
+        accepted = run(self.store.put(entry))
+        assert accepted == (entry.size() <= 1500)  # tenant a's 1800 quota is looser
+        assert run(self.store.get(key)) is (entry if accepted else before)
+
+    @rule(key=KEYS)
+    def get(self, key: str) -> None:
+        run(self.store.get(key))
+
+    @rule(key=KEYS)
+    def delete(self, key: str) -> None:
+        present = key in self.store
+        assert run(self.store.delete(key)) == present
+        assert key not in self.store
+
+    @rule(tenant=st.sampled_from("ab"), tag=st.sampled_from("rgb"))
+    def purge_tags(self, tenant: str, tag: str) -> None:
+        expected = {
+            k
+            for k, s in self.store._lru.items()
+            if s.entry.tenant == tenant and tag in s.entry.tags
+        }
+        assert run(self.store.purge_tags(tenant, [tag])) == len(expected)
+        assert not expected & set(self.store._lru)
+
+    @rule(tenant=st.sampled_from("ab"), prefix=st.sampled_from(["/x/", "/y/1", "http://h/x"]))
+    def purge_prefix(self, tenant: str, prefix: str) -> None:
+        full = prefix if prefix.startswith("http") else "http://h" + prefix
+        before = len(self.store)
+        n = run(self.store.purge_prefix(tenant, prefix))
+        assert len(self.store) == before - n
+        assert not any(
+            s.entry.tenant == tenant and s.entry.url.startswith(full)
+            for s in self.store._lru.values()
+        )
+
+    @rule(tenant=st.sampled_from("ab"))
+    def purge_tenant(self, tenant: str) -> None:
+        run(self.store.purge_tenant(tenant))
+        assert self.store.tenant_bytes(tenant) == 0
+
+    @rule(key=KEYS)
+    def set_vary(self, key: str) -> None:
+        run(self.store.set_vary(key, ("accept-encoding",)))
+
+    @invariant()
+    def consistent(self) -> None:
+        self.store.check_invariants()
+        stats = self.store.stats()
+        assert stats["bytes"] == sum(s.entry.size() for s in self.store._lru.values())
+        assert stats["bytes"] <= 3000
+        assert self.store.tenant_bytes("a") <= 1800
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

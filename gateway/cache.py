@@ -1,0 +1,507 @@
+"""The cache path of one request: look up, judge, coalesce, fill, store, reply.
+
+Decisions come from `policy`; this module sequences them with the store, the single-flight
+table and the origin client. Its callers (the aiohttp handlers) only translate a `Reply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway import policy
+from gateway.coalesce import SingleFlight
+from gateway.generations import Generations
+from gateway.headers import (
+    NOT_STORED,
+    TAG_FIELDS,
+    TARGETED_FIELDS,
+    end_to_end,
+    tags_of,
+    upstream_request_headers,
+)
+from gateway.key import normalize_url, primary_key, secondary_key
+from gateway.router import Route, tenant_of
+from gateway.store import Entry, Store
+from gateway.upstream import (
+    FAILURE_STATUSES,
+    OriginError,
+    OriginResponse,
+    OriginTimeout,
+    OriginUnreachable,
+    Upstream,
+)
+
+PASS_MEMORY = 10_000  # keys remembered as "pass" at most
+TENANT_STATS = 10_000  # tenants with counters of their own
+OTHER_TENANTS = "_other"
+HOSTS_PER_TENANT = 64  # hosts remembered per tenant, for purges by path
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """The parts of a client request the cache needs, detached from aiohttp's request object
+    so a fill that outlives the handler holds no reference to it."""
+
+    method: str
+    scheme: str
+    host: str
+    path: str
+    raw_path_qs: str
+    query: Mapping[str, str]
+    headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    client_ip: str | None
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the handler writes: a whole body, or an origin response to stream after `body`."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    stream: OriginResponse | None = None
+
+
+class OriginStatusError(OriginError):
+    """The origin answered a failure status while a stale entry may stand in for it."""
+
+    def __init__(self, origin: str, status: int) -> None:
+        super().__init__(origin, f"status {status}")
+        self.status = status
+
+
+@dataclass(slots=True)
+class Stored:
+    """A fill that produced a shareable entry (stored, or refused by a bound yet shareable)."""
+
+    entry: Entry
+    x_cache: str  # MISS, EXPIRED or REVALIDATED
+    fwd_status: int
+    stored: bool
+
+
+@dataclass(slots=True)
+class Passed:
+    """A fill whose response may not be shared: only the caller that ran it may stream it."""
+
+    response: OriginResponse
+    reason: str
+    prefix: bytes = b""
+    claimed: bool = False
+
+    def release_unclaimed(self) -> None:
+        if not self.claimed:
+            self.response.close()
+
+
+Fill = Stored | Passed
+
+
+@dataclass(slots=True)
+class Lookup:
+    """One request's place in the cache."""
+
+    req: Incoming
+    route: Route
+    tenant: str
+    url: str
+    primary: str
+    key: str = ""
+    stale: Entry | None = field(default=None)
+
+
+class Cache:
+    def __init__(
+        self,
+        *,
+        name: str,
+        store: Store,
+        upstreams: dict[str, Upstream],
+        max_object_bytes: int,
+        cache_bust: str = "",
+        bust_grace: float = 300.0,
+        collapse_timeout: float = 15.0,
+        pass_ttl: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.upstreams = upstreams
+        self.max_object_bytes = max_object_bytes
+        self.generations = Generations(cache_bust)
+        self.bust_grace = bust_grace
+        self.collapse_timeout = collapse_timeout
+        self.pass_ttl = pass_ttl
+        self.clock = clock
+        self.via = f"1.1 {name}"
+        self.flights: SingleFlight[Fill] = SingleFlight()
+        self.pass_until: OrderedDict[str, float] = OrderedDict()
+        self.counters: Counter[str] = Counter()
+        self.tenant_counters: dict[str, Counter[str]] = {}
+        self.tenant_hosts: dict[str, set[tuple[str, str]]] = {}  # (scheme, host) seen
+
+    def count(self, event: str, tenant: str, n: int = 1) -> None:
+        """Global and per-tenant counters; tenants past TENANT_STATS share one bucket, since
+        tenant names can come from clients."""
+        self.counters[event] += n
+        bucket = self.tenant_counters.get(tenant)
+        if bucket is None:
+            if len(self.tenant_counters) >= TENANT_STATS:
+                tenant = OTHER_TENANTS
+            bucket = self.tenant_counters.setdefault(tenant, Counter())
+        bucket[event] += n
+
+    def soft_stale_since(self, entry: Entry) -> float | None:
+        """When a soft purge or a soft bust made this entry stale, if one did."""
+        since = self.generations.stale_since(entry.tenant, entry.soft_generation)
+        if entry.soft_purged_at is not None and (since is None or entry.soft_purged_at < since):
+            since = entry.soft_purged_at
+        return since
+
+    def locate(self, req: Incoming, route: Route) -> Lookup:
+        tenant = tenant_of(
+            route.cfg.tenant, host=req.host, path=req.path, query=req.query, headers=req.headers
+        )
+        url = normalize_url(req.scheme, req.host, req.raw_path_qs, route.cfg.cache.ignore_query)
+        hosts = self.tenant_hosts.setdefault(tenant, set())
+        if len(hosts) < HOSTS_PER_TENANT:
+            scheme, _, host = url.split("/", 3)[:3]  # normalised: scheme://host/...
+            hosts.add((scheme.rstrip(":"), host))
+        generation = self.generations.key_part(tenant)
+        return Lookup(req, route, tenant, url, primary_key(tenant, generation, "GET", url))
+
+    async def serve(self, req: Incoming, route: Route) -> Reply:
+        """Answer a GET or HEAD on a cached route."""
+        look = self.locate(req, route)
+        for _ in range(2):  # a second round when a fill reveals a Vary this request differs on
+            names = await self.store.get_vary(look.primary)
+            look.key = (
+                look.primary + "#" + secondary_key(names, req.headers) if names else look.primary
+            )
+            reply = await self._serve_key(look)
+            if reply is not None:
+                return reply
+        return await self._fill_alone(look, collapsed=False)
+
+    async def _serve_key(self, look: Lookup) -> Reply | None:
+        req = look.req
+        entry = await self.store.get(look.key)
+        now = self.clock()
+        soft_since = self.soft_stale_since(entry) if entry is not None else None
+        if soft_since is not None and now - soft_since >= self.bust_grace:
+            entry = None  # past the grace a soft-busted entry counts as a miss
+        fwd = "uri-miss"
+        only_if_cached = "only-if-cached" in policy.parse_cache_control(
+            req.headers.getall("Cache-Control", [])
+        )
+        if entry is not None:
+            verdict = policy.judge(
+                entry.freshness,
+                entry.age(now),
+                req.headers,
+                soft_since is not None,
+                soft_grace=0.0 if soft_since is None else soft_since + self.bust_grace - now,
+            )
+            if verdict.reuse is policy.Reuse.FRESH:
+                self.count("hit", look.tenant)
+                status = policy.cache_status(self.name, hit=True, ttl=verdict.ttl)
+                return self.from_entry(look, entry, now, "HIT", status)
+            if verdict.reuse is policy.Reuse.STALE_WHILE_REVALIDATE:
+                self.count("stale_while_revalidate", look.tenant)
+                self.refresh_in_background(look, entry)
+                status = policy.cache_status(
+                    self.name, hit=True, ttl=verdict.ttl, detail="stale-while-revalidate"
+                )
+                return self.from_entry(look, entry, now, "UPDATING", status)
+            look.stale = entry
+            fwd = "request" if verdict.detail.startswith("req-") else "stale"
+        if only_if_cached:  # RFC 9111 5.2.1.7: never to the origin
+            return self.error_reply(504, "not in cache (only-if-cached)", fwd="miss")
+        if self._is_pass(look.key):
+            return await self._fill_alone(look, collapsed=False)
+        task, leader = self.flights.start(look.key, lambda: self.fill(look, look.stale))
+        try:
+            result = await self.flights.wait(task, None if leader else self.collapse_timeout)
+        except TimeoutError:
+            self.count("collapse_timeout", look.tenant)
+            return await self._fill_alone(look, collapsed=False)
+        except OriginError as exc:
+            return self.on_origin_error(look, exc, fwd)
+        except asyncio.CancelledError:
+            if leader:  # nobody else may stream an unshareable response the fill hands back
+                task.add_done_callback(_release_passed)
+            raise
+        if isinstance(result, Passed):
+            if leader:
+                return self.pass_reply(look, result, fwd)
+            self._remember_pass(look.key)
+            return await self._fill_alone(look, collapsed=True)
+        entry = result.entry
+        if entry.vary and entry.key != look.primary + "#" + secondary_key(entry.vary, req.headers):
+            return None
+        return self.stored_reply(look, result, fwd, collapsed=not leader)
+
+    async def _fill_alone(self, look: Lookup, *, collapsed: bool) -> Reply:
+        """A fill outside the single-flight table: after a pass, or for a waiter that gave up
+        waiting. What it fetches is still stored when it may be."""
+        try:
+            result = await self.fill(look, look.stale)
+        except OriginError as exc:
+            return self.on_origin_error(look, exc, "uri-miss")
+        if isinstance(result, Passed):
+            return self.pass_reply(look, result, "uri-miss")
+        return self.stored_reply(look, result, "uri-miss", collapsed=collapsed)
+
+    def refresh_in_background(self, look: Lookup, entry: Entry) -> None:
+        """One background revalidation per key, on the origin's background budget."""
+        if self.flights.in_flight(look.key):
+            return
+        task, _ = self.flights.start(look.key, lambda: self.fill(look, entry, background=True))
+        task.add_done_callback(_release_passed)
+
+    async def fill(self, look: Lookup, stale: Entry | None, *, background: bool = False) -> Fill:
+        """Fetch the key from the origin (conditionally when a stale entry has validators)."""
+        req, route = look.req, look.route
+        upstream = self.upstreams[route.cfg.origin]
+        headers = upstream_request_headers(
+            req.headers,
+            client_ip=req.client_ip,
+            scheme=req.scheme,
+            via=self.via,
+            host=None if route.cfg.preserve_host else upstream.host,
+            for_fill=True,
+        )
+        if stale is not None:
+            headers.update(policy.validators(CIMultiDict(stale.headers)))
+        self.count("origin_fetches", look.tenant)
+        epoch = self.generations.epoch  # stamped now: a bust during the fetch still applies
+        resp = await upstream.request("GET", req.raw_path_qs, headers, background=background)
+        try:
+            return await self._absorb(look, stale, resp, epoch)
+        except BaseException:
+            resp.close()
+            raise
+
+    async def _absorb(
+        self, look: Lookup, stale: Entry | None, resp: OriginResponse, epoch: int
+    ) -> Fill:
+        """Turn an origin response into a stored entry or a pass (the response stays open)."""
+        route = look.route
+        rh = resp.headers
+        if stale is not None and resp.status == 304:
+            resp.close()
+            merged = policy.merge_not_modified(stale.headers, rh)
+            entry = self._entry(look, stale.status, CIMultiDict(merged), stale.body, resp, epoch)
+            stored = await self.store.put(entry)
+            return Stored(entry, "REVALIDATED", 304, stored)
+        if (
+            stale is not None
+            and resp.status in FAILURE_STATUSES
+            and policy.usable_if_error(stale.freshness, stale.age(self.clock()), look.req.headers)
+        ):
+            resp.close()
+            raise OriginStatusError(route.cfg.origin, resp.status)
+        reason = policy.storable("GET", resp.status, look.req.headers, rh, route.rules)
+        if reason is not None:
+            return Passed(resp, reason)
+        length = rh.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.max_object_bytes:
+            return Passed(resp, "too-big")
+        body, complete = await _read_up_to(resp, self.max_object_bytes)
+        if not complete:
+            return Passed(resp, "too-big", prefix=body)
+        resp.close()
+        entry = self._entry(look, resp.status, rh, body, resp, epoch)
+        stored = await self.store.put(entry)
+        if stored:
+            await self.store.set_vary(look.primary, entry.vary)
+        self.count("stored" if stored else "not_stored", look.tenant)
+        return Stored(entry, "MISS" if stale is None else "EXPIRED", resp.status, stored)
+
+    def _entry(
+        self,
+        look: Lookup,
+        status: int,
+        rh: CIMultiDict[str],
+        body: bytes,
+        resp: OriginResponse,
+        epoch: int,
+    ) -> Entry:
+        route = look.route
+        strip = NOT_STORED | set(policy.strip_fields(rh))
+        names = policy.vary_names(rh) or ()
+        key = look.primary + "#" + secondary_key(names, look.req.headers) if names else look.primary
+        return Entry(
+            key=key,
+            tenant=look.tenant,
+            url=look.url,
+            status=status,
+            headers=tuple(end_to_end(rh, strip)),
+            body=body,
+            response_time=resp.response_time,
+            initial_age=policy.initial_age(rh, resp.request_time, resp.response_time),
+            freshness=policy.freshness(status, rh, resp.response_time, route.rules),
+            etag=rh.get("ETag"),
+            last_modified=rh.get("Last-Modified"),
+            vary=names,
+            tags=tags_of(rh),
+            stored_at=resp.response_time,
+            soft_generation=epoch,
+        )
+
+    def on_origin_error(self, look: Lookup, exc: OriginError, fwd: str) -> Reply:
+        """Serve the stale entry where stale-if-error allows it, else a clean JSON error."""
+        entry = look.stale
+        now = self.clock()
+        if entry is not None and policy.usable_if_error(
+            entry.freshness, entry.age(now), look.req.headers
+        ):
+            self.count("stale_if_error", look.tenant)
+            fwd_status = exc.status if isinstance(exc, OriginStatusError) else None
+            status = policy.cache_status(
+                self.name,
+                hit=True,
+                fwd="stale",
+                fwd_status=fwd_status,
+                ttl=entry.freshness.lifetime - entry.age(now),
+                detail="stale-if-error",
+            )
+            return self.from_entry(look, entry, now, "STALE", status)
+        self.count("origin_errors", look.tenant)
+        return self.error_reply(exc.status, exc.reason, fwd=fwd, retry_after=exc.retry_after)
+
+    def stored_reply(self, look: Lookup, result: Stored, fwd: str, *, collapsed: bool) -> Reply:
+        now = self.clock()
+        entry = result.entry
+        self.count("collapsed" if collapsed else "miss", look.tenant)
+        status = policy.cache_status(
+            self.name,
+            hit=False,
+            fwd=fwd,
+            fwd_status=result.fwd_status,
+            stored=result.stored,
+            ttl=entry.freshness.lifetime - entry.age(now),
+            collapsed=collapsed,
+        )
+        return self.from_entry(look, entry, now, result.x_cache, status)
+
+    def pass_reply(self, look: Lookup, result: Passed, fwd: str) -> Reply:
+        result.claimed = True
+        resp = result.response
+        self.count("pass", look.tenant)
+        headers = self.client_headers(resp.headers, keep_tags=False)
+        status = policy.cache_status(
+            self.name, hit=False, fwd=fwd, fwd_status=resp.status, detail=result.reason
+        )
+        headers += [("Cache-Status", status), ("X-Cache", "MISS")]
+        length = resp.headers.get("Content-Length")
+        if length is not None:
+            headers.append(("Content-Length", length))
+        return Reply(resp.status, headers, result.prefix, stream=resp)
+
+    def from_entry(
+        self, look: Lookup, entry: Entry, now: float, x_cache: str, status: str
+    ) -> Reply:
+        """Reply from a stored entry: Age, Cache-Status, X-Cache; 304 for a matching conditional."""
+        req = look.req
+        base = self.client_headers(entry.headers, keep_tags=look.route.cfg.cache.keep_tags)
+        extra = [("Age", str(int(entry.age(now)))), ("Cache-Status", status), ("X-Cache", x_cache)]
+        if ("If-None-Match" in req.headers or "If-Modified-Since" in req.headers) and (
+            policy.not_modified(req.headers, req.method, entry.status, CIMultiDict(entry.headers))
+        ):
+            kept = [(k, v) for k, v in base if k.lower() in _NOT_MODIFIED_FIELDS]
+            return Reply(304, kept + extra)
+        return Reply(entry.status, base + extra, entry.body)
+
+    def client_headers(
+        self, headers: CIMultiDict[str] | tuple[tuple[str, str], ...], *, keep_tags: bool
+    ) -> list[tuple[str, str]]:
+        drop = TARGETED_FIELDS | {"content-length", "age", "x-cache"}
+        if not keep_tags:
+            drop = drop | TAG_FIELDS
+        items = headers.items() if isinstance(headers, CIMultiDict) else headers
+        out = [(k, v) for k, v in items if k.lower() not in drop]
+        out.append(("Via", self.via))
+        return out
+
+    def error_reply(
+        self, status: int, reason: str, *, fwd: str, retry_after: float | None = None
+    ) -> Reply:
+        body = json.dumps({"error": reason, "status": status}).encode()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+            ("Cache-Status", policy.cache_status(self.name, hit=False, fwd=fwd, detail=reason)),
+            ("X-Cache", "MISS"),
+        ]
+        if retry_after is not None:
+            headers.append(("Retry-After", str(max(1, round(retry_after)))))
+        return Reply(status, headers, body)
+
+    async def invalidate(self, look: Lookup, resp_headers: CIMultiDict[str]) -> int:
+        """RFC 9111 4.4: after a successful unsafe request, drop the target URI and same-origin
+        Location / Content-Location, every variant of each."""
+        urls = [look.url]
+        for target in policy.invalidation_targets(look.url, resp_headers):
+            scheme, _, rest = target.partition("://")
+            host, slash, path = rest.partition("/")
+            urls.append(
+                normalize_url(scheme, host, slash + path, look.route.cfg.cache.ignore_query)
+            )
+        purged = 0
+        for url in urls:
+            purged += await self.store.purge_url(look.tenant, url)
+        self.count("invalidated", look.tenant, purged)
+        return purged
+
+    def _is_pass(self, key: str) -> bool:
+        until = self.pass_until.get(key)
+        if until is None:
+            return False
+        if until > self.clock():
+            return True
+        del self.pass_until[key]
+        return False
+
+    def _remember_pass(self, key: str) -> None:
+        self.pass_until[key] = self.clock() + self.pass_ttl
+        self.pass_until.move_to_end(key)
+        while len(self.pass_until) > PASS_MEMORY:
+            self.pass_until.popitem(last=False)
+
+
+_NOT_MODIFIED_FIELDS = frozenset(
+    {"cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified", "via"}
+)
+
+
+def _release_passed(task: asyncio.Task[Fill]) -> None:
+    """A fill nobody will stream (background refresh, cancelled leader) must free its response."""
+    if not task.cancelled() and task.exception() is None:
+        result = task.result()
+        if isinstance(result, Passed):
+            result.release_unclaimed()
+
+
+async def _read_up_to(resp: OriginResponse, limit: int) -> tuple[bytes, bool]:
+    """Read the body while it fits in `limit`; (prefix, False) once it does not."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in resp.resp.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks), False
+    except TimeoutError as exc:
+        raise OriginTimeout("origin", "reading body") from exc
+    except Exception as exc:
+        raise OriginUnreachable("origin", f"reading body: {type(exc).__name__}") from exc
+    return b"".join(chunks), True

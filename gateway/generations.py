@@ -1,0 +1,58 @@
+"""Versioned cache-bust keys: hard generations go into keys, soft ones make entries stale.
+
+A hard bust bumps a counter folded into every key of the tenant (or of everyone), so old entries
+become unreachable in O(1) and age out of the LRU. A soft bust records an epoch: entries stored
+under an older epoch count as stale (served while one background revalidation per key refreshes
+them) until the grace runs out, after which they count as misses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GLOBAL = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class SoftBust:
+    epoch: int  # entries stamped below this are stale
+    at: float  # wall clock of the bust, for the grace window
+
+
+class Generations:
+    def __init__(self, cache_bust: str = "") -> None:
+        self.cache_bust = cache_bust
+        self.hard: dict[str, int] = {GLOBAL: 0}
+        self.soft: dict[str, SoftBust] = {}
+        self.epoch = 1  # the stamp a fill starting now gives its entry
+
+    def key_part(self, tenant: str) -> str:
+        """What a key carries: config cache_bust, global and tenant hard generations."""
+        return f"{self.cache_bust}.{self.hard[GLOBAL]}.{self.hard.get(tenant, 0)}"
+
+    def stale_since(self, tenant: str, stamp: int) -> float | None:
+        """When an entry stamped `stamp` became soft-stale, or None if it is current."""
+        since: float | None = None
+        for scope in (GLOBAL, tenant):
+            bust = self.soft.get(scope)
+            if bust is not None and stamp < bust.epoch:
+                since = bust.at if since is None else min(since, bust.at)
+        return since
+
+    def bump(self, tenant: str, *, soft: bool, now: float) -> dict[str, object]:
+        """Bust a tenant, or everyone with `*`."""
+        if soft:
+            self.epoch += 1
+            self.soft[tenant] = SoftBust(self.epoch, now)
+        else:
+            self.hard[tenant] = self.hard.get(tenant, 0) + 1
+        return self.describe(tenant) | {"busted": "soft" if soft else "hard"}
+
+    def describe(self, tenant: str) -> dict[str, object]:
+        bust = self.soft.get(tenant)
+        return {
+            "tenant": tenant,
+            "hard": self.hard.get(tenant, 0),
+            "soft": bust.epoch if bust else 0,
+            "key": self.key_part(tenant),
+        }

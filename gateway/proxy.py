@@ -1,0 +1,95 @@
+"""Pass-through proxying and writing replies: the aiohttp side of a request."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway import policy
+from gateway.cache import Cache, Incoming, Reply
+from gateway.headers import upstream_request_headers
+from gateway.router import Route
+from gateway.upstream import OriginError
+
+log = logging.getLogger("gateway.proxy")
+
+NO_BODY_STATUSES = frozenset({204, 304})
+CHUNK = 64 * 1024
+
+
+def incoming(request: web.Request) -> Incoming:
+    return Incoming(
+        method=request.method,
+        scheme=request.scheme,
+        host=request.host,
+        path=request.path,
+        raw_path_qs=request.raw_path,
+        query=request.query,
+        headers=request.headers,
+        client_ip=request.remote,
+    )
+
+
+async def forward(request: web.Request, req: Incoming, route: Route, cache: Cache) -> Reply:
+    """Any method, bodies streamed both ways; unsafe successes invalidate the cached URL."""
+    upstream = cache.upstreams[route.cfg.origin]
+    headers = upstream_request_headers(
+        req.headers,
+        client_ip=req.client_ip,
+        scheme=req.scheme,
+        via=cache.via,
+        host=None if route.cfg.preserve_host else upstream.host,
+        for_fill=False,
+    )
+    body = request.content if request.body_exists else None
+    fwd = "bypass" if not route.cached or req.method in ("GET", "HEAD") else "method"
+    try:
+        resp = await upstream.request(req.method, req.raw_path_qs, headers, body)
+    except OriginError as exc:
+        return cache.error_reply(exc.status, exc.reason, fwd=fwd, retry_after=exc.retry_after)
+    if route.cached and policy.invalidates(req.method, resp.status):
+        await cache.invalidate(cache.locate(req, route), resp.headers)
+    cache.counters["bypass"] += 1
+    out = cache.client_headers(resp.headers, keep_tags=True)
+    out.append(
+        (
+            "Cache-Status",
+            policy.cache_status(cache.name, hit=False, fwd=fwd, fwd_status=resp.status),
+        )
+    )
+    out.append(("X-Cache", "BYPASS"))
+    length = resp.headers.get("Content-Length")
+    if length is not None:
+        out.append(("Content-Length", length))
+    return Reply(resp.status, out, stream=resp)
+
+
+async def write(request: web.Request, reply: Reply) -> web.StreamResponse:
+    """Send a reply; HEAD, 204 and 304 carry no body (Content-Length of the full body kept)."""
+    headers = CIMultiDict(reply.headers)
+    bodyless = request.method == "HEAD" or reply.status in NO_BODY_STATUSES
+    if reply.stream is None:
+        # aiohttp keeps Content-Length = len(body) for HEAD and sends no body.
+        body = None if reply.status in NO_BODY_STATUSES else reply.body
+        return web.Response(status=reply.status, headers=headers, body=body)
+    origin = reply.stream
+    try:
+        resp = web.StreamResponse(status=reply.status, headers=headers)
+        await resp.prepare(request)
+        if not bodyless:
+            if reply.body:
+                await resp.write(reply.body)
+            async for chunk in origin.resp.content.iter_chunked(CHUNK):
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    except (ConnectionError, OSError, TimeoutError) as exc:
+        # Headers are gone already: the only honest signal left is to cut the connection.
+        log.warning("stream aborted for %s: %s", request.path, type(exc).__name__)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    finally:
+        origin.close()

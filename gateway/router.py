@@ -1,0 +1,107 @@
+"""Which route a request takes and which tenant it belongs to. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from urllib.parse import unquote
+
+from gateway.config import GatewayConfig, RouteConfig, TenantSource
+from gateway.policy import RouteRules
+
+DEFAULT_TENANT = "_"
+_TENANT_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A compiled route: its config plus the policy knobs derived from it."""
+
+    cfg: RouteConfig
+    rules: RouteRules
+    host_pattern: str
+    path_prefix: str
+    methods: frozenset[str] | None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def cached(self) -> bool:
+        return self.cfg.cache.enabled
+
+    def matches(self, host: str, path: str, method: str) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        if not path.startswith(self.path_prefix):
+            return False
+        return self.host_pattern == "*" or fnmatchcase(host, self.host_pattern)
+
+
+def compile_route(cfg: RouteConfig) -> Route:
+    c = cfg.cache
+    rules = RouteRules(
+        heuristic_fraction=c.heuristic_fraction if c.heuristic else None,
+        default_swr=c.stale_while_revalidate,
+        default_sie=c.stale_if_error,
+        max_swr=c.max_stale_while_revalidate,
+        max_sie=c.max_stale_if_error,
+    )
+    methods = frozenset(m.upper() for m in cfg.match.methods) if cfg.match.methods else None
+    return Route(cfg, rules, cfg.match.host.lower(), cfg.match.path_prefix, methods)
+
+
+class Router:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.routes: tuple[Route, ...] = tuple(compile_route(r) for r in config.routes)
+
+    def match(self, host: str, path: str, method: str) -> Route | None:
+        """First route whose host glob, path prefix and methods match (host without port)."""
+        bare = host_without_port(host).lower()
+        for route in self.routes:
+            if route.matches(bare, path, method):
+                return route
+        return None
+
+
+def host_without_port(host: str) -> str:
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def tenant_of(
+    source: TenantSource | None,
+    *,
+    host: str,
+    path: str,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
+) -> str:
+    """The tenant namespace of a request; an absent or invalid value falls in the default one,
+    so a client cannot create namespaces with arbitrary bytes."""
+    if source is None:
+        return DEFAULT_TENANT
+    value: str | None
+    if source.fixed is not None:
+        value = source.fixed
+    elif source.query is not None:
+        value = query.get(source.query)
+    elif source.header is not None:
+        value = headers.get(source.header)
+    elif source.host_label is not None:
+        value = _nth(host_without_port(host).split("."), source.host_label)
+    elif source.path_segment is not None:
+        value = _nth([unquote(s) for s in path.split("/")[1:]], source.path_segment)
+    else:
+        value = None
+    if value is None or not _TENANT_OK.match(value):
+        return DEFAULT_TENANT
+    return value
+
+
+def _nth(parts: Sequence[str], index: int) -> str | None:
+    return parts[index] if -len(parts) <= index < len(parts) else None

@@ -1,0 +1,216 @@
+"""The gateway process: builds the parts from a config and serves the public and admin apps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from yarl import URL
+
+from gateway.cache import Cache
+from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
+from gateway.key import normalize_url
+from gateway.proxy import forward, incoming, write
+from gateway.router import Router
+from gateway.store.memory import MemoryStore
+from gateway.upstream import Upstream
+
+log = logging.getLogger("gateway")
+
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+RETIRE_AFTER = 60.0  # seconds a replaced origin client keeps serving requests in flight
+
+
+def json_response(status: int, payload: dict[str, object]) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(payload).encode(),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+class Gateway:
+    """Everything one gateway instance owns; the handlers are thin calls into it."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.router = Router(config)
+        self.store = MemoryStore(
+            config.cache.memory.max_bytes,
+            config.cache.memory.max_object_bytes,
+            tenant_quota=config.tenant_quota,
+        )
+        self.upstreams = {name: Upstream(name, cfg) for name, cfg in config.origins.items()}
+        self._retiring: dict[asyncio.Task[None], Upstream] = {}
+        self.cache = Cache(
+            name=config.cache.name,
+            store=self.store,
+            upstreams=self.upstreams,
+            max_object_bytes=config.cache.memory.max_object_bytes,
+            cache_bust=config.cache.cache_bust,
+            bust_grace=config.cache.bust_grace,
+            collapse_timeout=config.cache.collapse_timeout,
+            pass_ttl=config.cache.pass_ttl,
+        )
+
+    async def start(self) -> None:
+        for upstream in self.upstreams.values():
+            upstream.open()
+
+    async def stop(self) -> None:
+        for task, upstream in list(self._retiring.items()):
+            task.cancel()
+            await upstream.close()
+        for upstream in self.upstreams.values():
+            await upstream.close()
+
+    def reload(self) -> None:
+        """Re-read the routing file; on ConfigError the running config stays as it was.
+        Listen addresses are fixed at start; everything else takes effect for new requests."""
+        if self.config.source_path is None:
+            raise ConfigError([ConfigIssue("<none>", None, "", "config was not read from a file")])
+        self.apply(load_config(self.config.source_path))
+
+    def apply(self, config: GatewayConfig) -> None:
+        old = self.config
+        upstreams = dict(self.upstreams)
+        for name, cfg in config.origins.items():
+            if name not in upstreams or old.origins.get(name) != cfg:
+                upstreams[name] = Upstream(name, cfg)
+                upstreams[name].open()
+        retired = [u for n, u in self.upstreams.items() if upstreams.get(n) is not u]
+        for name in set(upstreams) - set(config.origins):
+            retired.append(upstreams.pop(name))
+        self.config = config
+        self.router = Router(config)
+        self.upstreams = self.cache.upstreams = upstreams
+        c = config.cache
+        self.store.max_bytes = c.memory.max_bytes
+        self.store.max_object_bytes = c.memory.max_object_bytes
+        self.store.tenant_quota = config.tenant_quota
+        self.cache.name, self.cache.via = c.name, f"1.1 {c.name}"
+        self.cache.max_object_bytes = c.memory.max_object_bytes
+        self.cache.generations.cache_bust = c.cache_bust
+        self.cache.bust_grace = c.bust_grace
+        self.cache.collapse_timeout = c.collapse_timeout
+        self.cache.pass_ttl = c.pass_ttl
+        for upstream in retired:  # requests in flight on them finish first
+            task = asyncio.get_running_loop().create_task(_close_later(upstream))
+            self._retiring[task] = upstream
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
+        log.info("config reloaded from %s: %d routes", config.source_path, len(config.routes))
+
+    async def purge(
+        self,
+        tenant: str,
+        *,
+        urls: list[str] | None = None,
+        prefix: str | None = None,
+        tags: list[str] | None = None,
+        soft: bool = False,
+    ) -> int:
+        """Purge one tenant's entries by URL, prefix, tag, or all; soft marks them stale."""
+        soft_at = time.time() if soft else None
+        if urls is not None:
+            count = 0
+            for url in urls:
+                for full in self._normalised(tenant, url):
+                    count += await self.store.purge_url(tenant, full, soft_at)
+        elif prefix is not None:
+            count = await self.store.purge_prefix(tenant, prefix, soft_at)
+        elif tags is not None:
+            count = await self.store.purge_tags(tenant, tags, soft_at)
+        else:
+            count = await self.store.purge_tenant(tenant, soft_at)
+        self.cache.count("soft_purged" if soft else "purged", tenant, count)
+        return count
+
+    def _normalised(self, tenant: str, url: str) -> list[str]:
+        """A purge URL as stored: absolute as given, or a path on every host the tenant used."""
+        parsed = URL(url, encoded=True)
+        if parsed.is_absolute():
+            targets = [(parsed.scheme, parsed.raw_authority)]
+            raw = url.split(parsed.raw_authority, 1)[1] or "/"
+        else:
+            targets = sorted(self.cache.tenant_hosts.get(tenant, ()))
+            raw = url
+        out = []
+        for scheme, host in targets:
+            path = raw.split("?", 1)[0]
+            route = self.router.match(host, path, "GET")
+            ignore = route.cfg.cache.ignore_query if route is not None else []
+            out.append(normalize_url(scheme, host, raw, ignore))
+        return out
+
+    def bust(self, tenant: str, *, soft: bool) -> dict[str, object]:
+        """Bump the tenant's (or with `*` the global) generation: hard = new keys, O(1)."""
+        result = self.cache.generations.bump(tenant, soft=soft, now=time.time())
+        self.cache.count("soft_busts" if soft else "hard_busts", tenant)
+        return result
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        route = self.router.match(request.host, request.path, request.method)
+        if route is None:
+            return json_response(404, {"error": "no route matches", "path": request.path})
+        req = incoming(request)
+        if route.cached and request.method in ("GET", "HEAD"):
+            reply = await self.cache.serve(req, route)
+        else:
+            reply = await forward(request, req, route, self.cache)
+        return await write(request, reply)
+
+    def stats(self) -> dict[str, object]:
+        store = self.store.stats()
+        tenants: dict[str, dict[str, int]] = {}
+        for name, counters in self.cache.tenant_counters.items():
+            tenants[name] = dict(counters)
+        for name, held in store["tenants"].items():
+            tenants.setdefault(name, {}).update(held)
+        return {
+            "cache": dict(self.cache.counters),
+            "store": {k: v for k, v in store.items() if k != "tenants"},
+            "tenants": tenants,
+            "origins": {name: u.stats() for name, u in self.upstreams.items()},
+            "in_flight_fills": len(self.cache.flights),
+            "generations": self.cache.generations.describe("*"),
+        }
+
+
+async def _close_later(upstream: Upstream) -> None:
+    await asyncio.sleep(RETIRE_AFTER)
+    await upstream.close()
+
+
+@web.middleware
+async def errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """No traceback page ever: unexpected errors become a JSON 500 and a log line."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return json_response(exc.status, {"error": exc.reason})
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response(500, {"error": "internal gateway error"})
+
+
+def public_app(gateway: Gateway) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json])
+    app[GATEWAY_KEY] = gateway
+    app.router.add_route("*", "/{tail:.*}", gateway.handle)
+
+    async def on_startup(_: web.Application) -> None:
+        await gateway.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await gateway.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

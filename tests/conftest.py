@@ -1,0 +1,83 @@
+"""Fixtures that start real servers on free loopback ports: origins, gateways, redis."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.config import load_config
+from gateway.server import Gateway, public_app
+from tests.echo_origin import create_echo_app
+
+BASE_YAML = """\
+listen: 127.0.0.1:0
+cache:
+  name: edge
+  memory: {{max_bytes: {max_bytes}, max_object_bytes: {max_object_bytes}}}
+  cache_bust: "t1"
+  collapse_timeout: {collapse_timeout}
+origins:
+  o: {{url: "{origin}", connect_timeout: 1s, read_timeout: {read_timeout}}}
+routes:
+  - name: nocache
+    match: {{path_prefix: /nocache/}}
+    origin: o
+    cache: false
+  - name: all
+    match: {{path_prefix: /}}
+    origin: o
+    tenant: {{query: projectId}}
+    cache: {{ignore_query: ["utm_*"]{route_cache}}}
+"""
+
+GatewayFactory = Callable[..., Awaitable[tuple[TestServer, Gateway]]]
+
+
+@pytest.fixture
+async def echo_origin(aiohttp_server) -> TestServer:  # type: ignore[no-untyped-def]
+    return await aiohttp_server(create_echo_app())
+
+
+@pytest.fixture
+async def make_gateway(aiohttp_server, tmp_path: Path) -> GatewayFactory:  # type: ignore[no-untyped-def]
+    """Start a gateway in front of `origin_url`; options fill the BASE_YAML template."""
+
+    async def start(
+        origin_url: str,
+        *,
+        max_bytes: str = "8MiB",
+        max_object_bytes: str = "1MiB",
+        read_timeout: str = "5s",
+        collapse_timeout: str = "15s",
+        route_cache: str = "",
+        yaml_text: str | None = None,
+    ) -> tuple[TestServer, Gateway]:
+        text = yaml_text or BASE_YAML.format(
+            origin=origin_url.rstrip("/"),
+            max_bytes=max_bytes,
+            max_object_bytes=max_object_bytes,
+            read_timeout=read_timeout,
+            collapse_timeout=collapse_timeout,
+            route_cache=route_cache,
+        )
+        path = tmp_path / "gateway.yaml"
+        path.write_text(textwrap.dedent(text))
+        gateway = Gateway(load_config(path, env={}))
+        server = await aiohttp_server(public_app(gateway))
+        return server, gateway
+
+    return start
+
+
+@pytest.fixture
+async def http() -> aiohttp.ClientSession:  # type: ignore[misc]
+    """A plain client: no cookies kept, no decompression, so tests see what was sent."""
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+    ) as session:
+        yield session

@@ -1,4 +1,4 @@
-"""`python -m gateway --config FILE [--check]`."""
+"""`python -m gateway --config FILE [--check]`, or an admin command (`purge`, `bust`, ...)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import sys
 
 from aiohttp import web
 
-from gateway.config import ConfigError, load_config
+from gateway import cli
+from gateway.admin import admin_app
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.server import Gateway, public_app
+
+log = logging.getLogger("gateway")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,11 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(config_path: str) -> None:
-    from gateway.admin import admin_app
-    from gateway.server import Gateway, public_app
-
-    config = load_config(config_path)
+async def serve(config: GatewayConfig) -> None:
     gateway = Gateway(config)
     runners = [web.AppRunner(public_app(gateway), access_log=None, handler_cancellation=True)]
     sites = [(runners[0], config.listen.host, config.listen.port)]
@@ -37,11 +38,12 @@ async def serve(config_path: str) -> None:
         await runner.setup()
     for runner, host, port in sites:
         await web.TCPSite(runner, host, port, reuse_address=True).start()
-        logging.getLogger("gateway").info("listening on http://%s:%d", host, port)
+        log.info("listening on http://%s:%d", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_on_signal, gateway)
     try:
         await stop.wait()
     finally:
@@ -49,11 +51,28 @@ async def serve(config_path: str) -> None:
             await runner.cleanup()
 
 
+def is_admin_command(argv: list[str]) -> bool:
+    """`purge|bust|stats|reload` anywhere (after global flags), and not a server invocation."""
+    serving = any(a == "--config" or a.startswith("--config=") for a in argv)
+    return not serving and any(a in cli.COMMANDS for a in argv)
+
+
+def reload_on_signal(gateway: Gateway) -> None:
+    """SIGHUP: re-read the routing file; a broken file is logged and the running config kept."""
+    try:
+        gateway.reload()
+    except ConfigError as exc:
+        log.error("SIGHUP: config not reloaded, the running config is kept:\n%s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if is_admin_command(argv):
+        return cli.main(argv)
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
-        load_config(args.config)
+        config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -63,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.config))
+        asyncio.run(serve(config))
     else:
-        uvloop.run(serve(args.config))
+        uvloop.run(serve(config))
     return 0
 
 

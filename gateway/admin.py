@@ -1,49 +1,227 @@
-"""The admin listener: health and stats now; purge, bust and reload build on the same auth."""
+"""The admin listener: purge, bust, reload and stats behind scoped bearer tokens.
+
+Every request is authenticated (401), validated (400, nothing changes) and authorised against
+the token's tenants (403) before it acts; every action it takes is one JSON audit log line.
+"""
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+from typing import Any, Self, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.config import AdminToken
-from gateway.server import GATEWAY_KEY, Gateway, errors_as_json, json_response
+from gateway.config import AdminToken, ConfigError, valid_name
+from gateway.generations import GLOBAL
+from gateway.router import DEFAULT_TENANT
+from gateway.server import GATEWAY_KEY, Gateway, JsonError, errors_as_json, json_response
 
 log = logging.getLogger("gateway.admin")
+audit_log = logging.getLogger("gateway.audit")
+
+MAX_BODY = 1 << 20  # an admin request is a few hundred bytes; refuse anything near a MiB
+MAX_ITEMS = 10_000  # URLs or tags in one purge
+
+
+def _tenant_name(tenant: str, *, allow_global: bool) -> str:
+    if tenant == GLOBAL and allow_global:
+        return tenant
+    if tenant == DEFAULT_TENANT or valid_name(tenant):
+        return tenant
+    also = " or '*' (every tenant)" if allow_global else ""
+    raise ValueError(
+        f"invalid tenant {tenant!r}: 1-64 letters, digits, '.', '_' or '-', starting with a"
+        f" letter or digit; '_' for the default namespace{also}"
+    )
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PurgeBody(_Body):
+    """`{"tenant": T}` plus at most one of urls / prefix / tags; nothing = the whole namespace."""
+
+    tenant: str
+    urls: list[str] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
+    prefix: str | None = Field(default=None, min_length=1)
+    tags: list[str] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
+    soft: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _tenant_name(self.tenant, allow_global=False)
+        chosen = [n for n in ("urls", "prefix", "tags") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give at most one of urls, prefix, tags (got {', '.join(chosen)})")
+        for url in self.urls or ():
+            if not (url.startswith("/") or url.startswith(("http://", "https://"))):
+                raise ValueError(f"urls must be paths ('/...') or http(s) URLs, got {url!r}")
+        if self.prefix is not None and not self.prefix.startswith(("/", "http://", "https://")):
+            raise ValueError(f"prefix must start with '/' or be an http(s) URL: {self.prefix!r}")
+        if any(not tag.strip() for tag in self.tags or ()):
+            raise ValueError("tags must be non-empty strings")
+        return self
+
+    @property
+    def scope(self) -> str:
+        if self.urls is not None:
+            return "urls"
+        if self.prefix is not None:
+            return "prefix"
+        return "tags" if self.tags is not None else "namespace"
+
+
+class BustBody(_Body):
+    """`{"tenant": T | "*", "soft": bool}`: bump a tenant's generation, or the global one."""
+
+    tenant: str
+    soft: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _tenant_name(self.tenant, allow_global=True)
+        return self
+
+
+Body = TypeVar("Body", bound=_Body)
 
 
 def authenticate(request: web.Request, tokens: list[AdminToken]) -> AdminToken:
-    """The token the request bears, compared in constant time; 401 otherwise."""
+    """The token the request bears, compared in constant time against every token; 401 else."""
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
-    if scheme.lower() == "bearer" and presented:
+    if scheme.lower() == "bearer" and presented.strip():
         given = presented.strip().encode()
         match = None
-        for token in tokens:
+        for token in tokens:  # no early exit: the time taken does not say which token matched
             if hmac.compare_digest(given, token.token.encode()):
                 match = token
         if match is not None:
             return match
-    raise web.HTTPUnauthorized(
-        reason="missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+    raise JsonError(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+def authorize(token: AdminToken, tenant: str) -> None:
+    """A token acts on its own tenants; only a '*' token acts on everything (tenant '*')."""
+    if "*" in token.tenants or (tenant != GLOBAL and tenant in token.tenants):
+        return
+    raise JsonError(403, f"token {token.name!r} may not act on tenant {tenant!r}")
+
+
+async def read_body(request: web.Request, model: type[Body]) -> Body:
+    """The JSON body validated into `model`; 400 naming the field otherwise."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise JsonError(413, f"body larger than {MAX_BODY} bytes")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise JsonError(413, f"body larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JsonError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise JsonError(400, "body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem(e) for e in exc.errors()]
+        raise JsonError(400, "; ".join(problems), problems=problems) from None
+
+
+def _problem(error: Any) -> str:
+    field = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "missing":
+        message = "field required"
+    elif "ctx" in error and "error" in error["ctx"]:
+        message = str(error["ctx"]["error"])
+    else:
+        message = str(error["msg"])
+    return f"{field}: {message}" if field else message
+
+
+def audit(who: AdminToken, action: str, **fields: Any) -> None:
+    """One structured line per admin action: who, what, on what, with what result."""
+    audit_log.info(json.dumps({"event": "admin", "who": who.name, "action": action, **fields}))
+
+
+def _gateway(request: web.Request) -> Gateway:
+    return request.app[GATEWAY_KEY]
+
+
+def _token(request: web.Request) -> AdminToken:
+    return authenticate(request, list(_gateway(request).config.admin.tokens))
+
+
+async def purge(request: web.Request) -> web.Response:
+    who = _token(request)
+    body = await read_body(request, PurgeBody)
+    authorize(who, body.tenant)
+    count = await _gateway(request).purge(
+        body.tenant, urls=body.urls, prefix=body.prefix, tags=body.tags, soft=body.soft
     )
+    audit(who, "purge", tenant=body.tenant, scope=body.scope, soft=body.soft, purged=count)
+    return json_response(200, {"purged": count, "soft": body.soft, "tenant": body.tenant})
+
+
+async def bust(request: web.Request) -> web.Response:
+    who = _token(request)
+    body = await read_body(request, BustBody)
+    authorize(who, body.tenant)
+    result = _gateway(request).bust(body.tenant, soft=body.soft)
+    audit(who, "bust", tenant=body.tenant, soft=body.soft, generation=result)
+    return json_response(200, result)
+
+
+async def reload(request: web.Request) -> web.Response:
+    who = _token(request)
+    authorize(who, GLOBAL)
+    gateway = _gateway(request)
+    try:
+        gateway.reload()
+    except ConfigError as exc:
+        issues = [
+            {"file": i.file, "line": i.line, "field": i.field, "message": i.message}
+            for i in exc.issues
+        ]
+        audit(who, "reload", ok=False, issues=len(issues))
+        return json_response(
+            400, {"error": "config not reloaded; the running config is kept", "issues": issues}
+        )
+    config = gateway.config
+    audit(who, "reload", ok=True, routes=len(config.routes))
+    return json_response(
+        200, {"reloaded": True, "source": config.source_path, "routes": len(config.routes)}
+    )
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Everything for a '*' token; a scoped token sees only its own tenants."""
+    who = _token(request)
+    full = _gateway(request).stats()
+    if "*" not in who.tenants:
+        tenants = full["tenants"]
+        assert isinstance(tenants, dict)
+        full = {"tenants": {t: tenants[t] for t in who.tenants if t in tenants}}
+    audit(who, "stats")
+    return json_response(200, full)
 
 
 async def healthz(request: web.Request) -> web.Response:
     return json_response(200, {"status": "ok"})
 
 
-async def stats(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY_KEY]
-    who = authenticate(request, list(gateway.config.admin.tokens))
-    log.info("admin action=stats who=%s", who.name)
-    return json_response(200, gateway.stats())
-
-
 def admin_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json])
+    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY)
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/admin/stats", stats)
+    app.router.add_post("/admin/purge", purge)
+    app.router.add_post("/admin/bust", bust)
+    app.router.add_post("/admin/reload", reload)
     return app

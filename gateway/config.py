@@ -55,6 +55,7 @@ __all__ = [
     "TenantConfig",
     "TenantSource",
     "load_config",
+    "valid_name",
 ]
 
 Loc = tuple[str | int, ...]
@@ -63,6 +64,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 _DEFER_CROSS_CHECKS = "gateway.config.defer_cross_checks"
+
+
+def valid_name(value: str) -> bool:
+    """Tenant and route names: safe in keys, logs and URLs, and bounded in length."""
+    return _NAME.match(value) is not None
 
 
 # ---------------------------------------------------------------- errors

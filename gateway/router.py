@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from urllib.parse import unquote
 
-from gateway.config import GatewayConfig, RouteConfig, TenantSource
+from gateway.config import GatewayConfig, RouteConfig, TenantSource, valid_name
 from gateway.policy import RouteRules
 
-DEFAULT_TENANT = "_"
-_TENANT_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_TENANT = "_"  # not a valid configured name, so no configured tenant can collide with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +96,7 @@ def tenant_of(
         value = _nth([unquote(s) for s in path.split("/")[1:]], source.path_segment)
     else:
         value = None
-    if value is None or not _TENANT_OK.match(value):
+    if value is None or not valid_name(value):
         return DEFAULT_TENANT
     return value
 

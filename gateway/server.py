@@ -25,13 +25,28 @@ GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 RETIRE_AFTER = 60.0  # seconds a replaced origin client keeps serving requests in flight
 
 
-def json_response(status: int, payload: dict[str, object]) -> web.Response:
+def json_response(
+    status: int, payload: dict[str, object], headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=status,
         body=json.dumps(payload).encode(),
         content_type="application/json",
-        headers={"Cache-Control": "no-store"},
+        headers={"Cache-Control": "no-store", **(headers or {})},
     )
+
+
+class JsonError(Exception):
+    """A client error answered as `{"error": reason, "status": N, ...details}`."""
+
+    def __init__(
+        self, status: int, reason: str, headers: dict[str, str] | None = None, **details: object
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.details = details
 
 
 class Gateway:
@@ -193,8 +208,11 @@ async def errors_as_json(
     """No traceback page ever: unexpected errors become a JSON 500 and a log line."""
     try:
         return await handler(request)
+    except JsonError as exc:
+        payload = {"error": exc.reason, "status": exc.status, **exc.details}
+        return json_response(exc.status, payload, exc.headers)
     except web.HTTPException as exc:
-        return json_response(exc.status, {"error": exc.reason})
+        return json_response(exc.status, {"error": exc.reason, "status": exc.status})
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response(500, {"error": "internal gateway error"})

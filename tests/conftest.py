@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.admin import admin_app
 from gateway.config import load_config
 from gateway.server import Gateway, public_app
 from tests.echo_origin import create_echo_app
@@ -70,6 +71,16 @@ async def make_gateway(aiohttp_server, tmp_path: Path) -> GatewayFactory:  # typ
         gateway = Gateway(load_config(path, env={}))
         server = await aiohttp_server(public_app(gateway))
         return server, gateway
+
+    return start
+
+
+@pytest.fixture
+async def start_admin(aiohttp_server) -> Callable[[Gateway], Awaitable[TestServer]]:  # type: ignore[no-untyped-def]
+    """Serve a gateway's admin app on its own loopback port, as `admin.listen` would."""
+
+    async def start(gateway: Gateway) -> TestServer:
+        return await aiohttp_server(admin_app(gateway))
 
     return start
 

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +17,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from origin.app import STATE, OriginState, create_app
 from origin.settings import OriginSettings
+from tests.processes import fetch, free_port, run_module, serving
 
-ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = "/api/v1/loader/code/published?projectId={p}&platform=react"
 VERSIONED = "/api/v1/loader/code/versioned?projectId={p}&version={v}"
 CODEGEN = 0.05
@@ -57,13 +52,6 @@ async def set_faults(client: TestClient[Any, Any], **faults: Any) -> dict[str, A
 def state_of(client: TestClient[Any, Any]) -> OriginState:
     assert client.app is not None
     return client.app[STATE]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_published_bundle_headers(client: TestClient[Any, Any]) -> None:
@@ -306,10 +294,7 @@ async def test_cold_stampede_is_not_deduplicated(aiohttp_client: AiohttpClient) 
 
 
 def test_cli_help() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "origin", "--help"],
-        cwd=ROOT, capture_output=True, text=True, timeout=20, check=True,
-    ).stdout
+    out = run_module("origin", "--help").stdout
     for flag in ("--host", "--port", "--db", "--projects", "--codegen-seconds",
                  "--s-maxage", "--swr", "--pool-size", "--gateway-admin", "--gateway-token"):
         assert flag in out
@@ -318,31 +303,10 @@ def test_cli_help() -> None:
 def test_cli_serves(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "origin", "--host", "127.0.0.1", "--port", str(port),
-           "--codegen-seconds", "0.1", "--projects", "3", "--db", str(tmp_path / "o.db")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as resp:
-                    assert json.load(resp) == {"status": "ok"}
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    output = proc.stdout.read() if proc.stdout else b""
-                    pytest.fail(f"origin did not start: {output.decode(errors='replace')}")
-                time.sleep(0.05)
-        with urllib.request.urlopen(base + PUBLISHED.format(p="p3"), timeout=5) as resp:
-            assert resp.status == 200
-            assert resp.headers["Surrogate-Key"] == "project:p3 project:p3:v1"
-            assert len(resp.read()) >= 30_000
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+    args = ["origin", "--host", "127.0.0.1", "--port", str(port), "--codegen-seconds", "0.1",
+            "--projects", "3", "--db", str(tmp_path / "o.db")]
+    with serving(args, f"{base}/healthz"):
+        status, headers, body = fetch(base + PUBLISHED.format(p="p3"))
+        assert status == 200
+        assert headers["Surrogate-Key"] == "project:p3 project:p3:v1"
+        assert len(body) >= 30_000

@@ -1,0 +1,142 @@
+"""The command lines as an operator runs them: `--check`, SIGHUP reload, and the admin client,
+against real `python -m gateway` and `python -m origin` processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.processes import fetch, free_port, run_module, serving
+
+TOKEN = "process-test-token"
+BUNDLE = "/api/v1/loader/code/published?projectId=p1&platform=react"
+
+GATEWAY_YAML = """\
+listen: 127.0.0.1:{port}
+admin:
+  listen: 127.0.0.1:{admin_port}
+  tokens: [{{name: ops, token: "${{TEST_ADMIN_TOKEN}}", tenants: ["*"]}}]
+cache: {{name: {name}}}
+origins:
+  loader: {{url: "http://127.0.0.1:{origin_port}"}}
+routes:
+  - name: loader-code
+    match: {{path_prefix: /api/v1/loader/}}
+    origin: loader
+    tenant: {{query: projectId}}
+"""
+
+
+@dataclass
+class Running:
+    config: Path
+    ports: dict[str, int]
+    pid: int
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.ports['port']}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.ports['admin_port']}"
+
+    def write(self, name: str = "edge", extra: str = "") -> None:
+        self.config.write_text(GATEWAY_YAML.format(name=name, **self.ports) + extra)
+
+    def cli(self, *args: str, token: str = TOKEN) -> tuple[int, str]:
+        env = {**os.environ, "GATEWAY_ADMIN_TOKEN": token, "GATEWAY_ADMIN_URL": self.admin}
+        done = run_module("gateway", *args, env=env)
+        return done.returncode, done.stdout + done.stderr
+
+    def cache_status(self) -> str:
+        status, headers, _ = fetch(self.gateway + BUNDLE)
+        assert status == 200
+        return headers["Cache-Status"]
+
+
+@pytest.fixture
+def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
+    monkeypatch.setenv("TEST_ADMIN_TOKEN", TOKEN)
+    ports = {"port": free_port(), "admin_port": free_port(), "origin_port": free_port()}
+    run = Running(tmp_path / "gateway.yaml", ports, 0)
+    run.write()
+    origin = ["origin", "--host", "127.0.0.1", "--port", str(ports["origin_port"]),
+              "--projects", "3", "--codegen-seconds", "0.05"]
+    with (
+        serving(origin, f"http://127.0.0.1:{ports['origin_port']}/healthz"),
+        serving(["gateway", "--config", str(run.config)], f"{run.admin}/healthz") as gateway,
+    ):
+        run.pid = gateway.pid
+        yield run
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll a condition that a signal makes true asynchronously; bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_check_accepts_the_demo_config_and_rejects_a_broken_file_naming_the_line(
+    tmp_path: Path,
+) -> None:
+    ok = run_module("gateway", "--config", "config/gateway.yaml", "--check")
+    assert ok.returncode == 0, ok.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("listen: 127.0.0.1:8080\norigins:\n  o: {url: 'http://127.0.0.1:1'}\n"
+                      "routes:\n  - {name: r, origin: o, surprise: 1}\n")
+    bad = run_module("gateway", "--config", str(broken), "--check")
+    assert bad.returncode == 2
+    assert f"{broken}:5: routes[0].surprise: unknown field 'surprise'" in bad.stderr
+
+
+def test_sighup_keeps_the_running_config_on_a_broken_file_and_applies_a_good_one(
+    running: Running,
+) -> None:
+    assert running.cache_status().startswith("edge;")
+    running.config.write_text(running.config.read_text() + "nonsense: [\n")
+    os.kill(running.pid, signal.SIGHUP)
+    time.sleep(0.3)
+    assert running.cache_status().startswith("edge;")  # still up, old config
+    running.write(name="edge2")
+    os.kill(running.pid, signal.SIGHUP)
+    assert wait_for(lambda: running.cache_status().startswith("edge2;"))
+
+
+def test_admin_client_purges_busts_shows_stats_and_reports_refusals(running: Running) -> None:
+    fetch(running.gateway + BUNDLE)
+    assert "hit" in running.cache_status()
+
+    code, out = running.cli("purge", "--tenant", "p1", "--url", BUNDLE)
+    assert (code, out.strip()) == (0, "tenant p1: 1 entries removed")
+    assert "fwd=uri-miss" in running.cache_status()
+
+    code, out = running.cli("bust", "--tenant", "*", "--soft")
+    assert code == 0 and out.startswith("tenant *: soft bust; generation hard=0 soft=")
+    assert "UPDATING" in fetch(running.gateway + BUNDLE)[1]["X-Cache"]
+
+    code, out = running.cli("stats")
+    assert code == 0
+    assert any(line.split()[:1] == ["p1"] for line in out.splitlines()), out
+
+    code, out = running.cli("purge", "--tenant", "p1", token="wrong")
+    assert (code, out.strip()) == (1, "HTTP 401: missing or invalid bearer token")
+
+    running.write(extra="bogus: 1\n")
+    code, out = running.cli("reload")
+    assert code == 1
+    assert f"{running.config}:13: bogus: unknown field 'bogus'" in out
+    running.write(name="edge3")
+    code, out = running.cli("reload")
+    assert (code, out.strip()) == (0, f"reloaded {running.config}: 1 routes")
+    assert running.cache_status().startswith("edge3;")

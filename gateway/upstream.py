@@ -66,17 +66,23 @@ class Budget:
         self._queued = 0
 
     async def acquire(self) -> bool:
-        if self._sem.locked() and self._queued >= self.max_queue:
-            self.rejected += 1
-            return False
-        self._queued += 1
-        try:
-            await asyncio.wait_for(self._sem.acquire(), self.max_wait)
-        except TimeoutError:
-            self.rejected += 1
-            return False
-        finally:
-            self._queued -= 1
+        """Take a slot: at once when one is free, else queue for at most `max_wait`, unless
+        `max_queue` callers already wait, in which case refuse at once."""
+        if not self._sem.locked():
+            await self._sem.acquire()  # a free slot is taken without yielding to the loop
+        else:
+            if self._queued >= self.max_queue:
+                self.rejected += 1
+                return False
+            self._queued += 1
+            try:
+                async with asyncio.timeout(self.max_wait):
+                    await self._sem.acquire()
+            except TimeoutError:
+                self.rejected += 1
+                return False
+            finally:
+                self._queued -= 1
         self.in_use += 1
         self.in_use_max = max(self.in_use_max, self.in_use)
         return True
@@ -206,7 +212,10 @@ class Upstream:
                     allow_redirects=False,
                 )
                 return resp, request_time
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+            except aiohttp.ClientConnectorError as exc:
+                # Only a failed connect is retried here: the origin never saw the request.
+                # aiohttp itself resends an idempotent request once when a kept-alive
+                # connection drops (RFC 9112 9.3.1); retrying that too would double it.
                 if attempt + 1 < attempts:
                     continue
                 self._failed()

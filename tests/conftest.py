@@ -22,8 +22,9 @@ cache:
   memory: {{max_bytes: {max_bytes}, max_object_bytes: {max_object_bytes}}}
   cache_bust: "t1"
   collapse_timeout: {collapse_timeout}
+  {cache_extra}
 origins:
-  o: {{url: "{origin}", connect_timeout: 1s, read_timeout: {read_timeout}}}
+  o: {{url: "{origin}", connect_timeout: 1s, read_timeout: {read_timeout}{origin_extra}}}
 routes:
   - name: nocache
     match: {{path_prefix: /nocache/}}
@@ -56,6 +57,8 @@ async def make_gateway(aiohttp_server, tmp_path: Path) -> GatewayFactory:  # typ
         read_timeout: str = "5s",
         collapse_timeout: str = "15s",
         route_cache: str = "",
+        origin_extra: str = "",
+        cache_extra: str = "",
         yaml_text: str | None = None,
     ) -> tuple[TestServer, Gateway]:
         text = yaml_text or BASE_YAML.format(
@@ -65,6 +68,8 @@ async def make_gateway(aiohttp_server, tmp_path: Path) -> GatewayFactory:  # typ
             read_timeout=read_timeout,
             collapse_timeout=collapse_timeout,
             route_cache=route_cache,
+            origin_extra=origin_extra,
+            cache_extra=cache_extra,
         )
         path = tmp_path / "gateway.yaml"
         path.write_text(textwrap.dedent(text))

@@ -22,6 +22,7 @@ async def respond(request: web.Request) -> web.StreamResponse:
         return web.json_response(dict(counts))
     counts[request.path_qs] += 1
     counts["__total__"] += 1
+    n = counts[request.path_qs]  # this request's number, before any delay lets others count
     q = request.query
     if "delay" in q:
         await asyncio.sleep(float(q["delay"]))
@@ -29,7 +30,7 @@ async def respond(request: web.Request) -> web.StreamResponse:
     headers = [tuple(h.split(":", 1)) for h in q.getall("h", [])]
     if "stream" in q:
         return await _stream(request, status, headers, int(q["stream"]))
-    body_spec = q.get("body", f"body of {request.path} #{counts[request.path_qs]}")
+    body_spec = q.get("body", f"body of {request.path} #{n}")
     if body_spec == "echo":
         echoed = {"__raw_path": request.raw_path, **dict(request.headers.items())}
         body = json.dumps(echoed).encode()
@@ -41,7 +42,7 @@ async def respond(request: web.Request) -> web.StreamResponse:
         status, body = 304, b""
     resp = web.Response(status=status, body=body if status not in (204, 304) else None)
     for name, value in headers:
-        resp.headers.add(name, value.replace("{n}", str(counts[request.path_qs])))
+        resp.headers.add(name, value.replace("{n}", str(n)))
     return resp
 
 

@@ -1,0 +1,293 @@
+"""Origin protection against a real gateway and real origins on loopback: single flight, pass
+memory, collapse bounds, stale-while-revalidate, stale-if-error, revalidation, budgets, breaker.
+
+Where a test compares durations, the margin is a multiple of the origin's delay: the behaviour
+under test changes the total by whole origin latencies, not by milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from origin.app import create_app
+from origin.settings import OriginSettings
+from tests.conftest import GatewayFactory
+from tests.test_gateway_http import get, origin_count, spec
+
+BUNDLE = "/api/v1/loader/code/published?projectId={p}&platform=react"
+
+
+async def start_loader(aiohttp_server: Any, **overrides: Any) -> TestServer:
+    values: dict[str, Any] = {"projects": 20, "codegen_seconds": 0.05}
+    values.update(overrides)
+    server: TestServer = await aiohttp_server(create_app(OriginSettings(**values)))
+    return server
+
+
+async def loader_call(
+    http: aiohttp.ClientSession, loader: TestServer, path: str, body: Any = None
+) -> dict[str, Any]:
+    """GET a control endpoint, or POST `body` to it."""
+    method = "GET" if body is None else "POST"
+    async with http.request(method, loader.make_url(path), json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        result: dict[str, Any] = await resp.json()
+        return result
+
+
+async def timed_get(
+    http: aiohttp.ClientSession, gw: TestServer, path: str
+) -> tuple[aiohttp.ClientResponse, bytes, float]:
+    start = time.perf_counter()
+    resp, body = await get(http, gw, path)
+    return resp, body, time.perf_counter() - start
+
+
+async def test_200_concurrent_cold_requests_make_one_origin_request_and_one_codegen(
+    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    loader = await start_loader(aiohttp_server, codegen_seconds=0.3)
+    gw, _ = await make_gateway(str(loader.make_url("/")))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as clients:
+        results = await asyncio.gather(
+            *(get(clients, gw, BUNDLE.format(p="p1")) for _ in range(200))
+        )
+    stats = await loader_call(http, loader, "/__stats")
+    assert stats["requests_total"] == 1
+    assert stats["codegen_runs"] == 1
+    assert {resp.status for resp, _ in results} == {200}
+    assert len({body for _, body in results}) == 1
+    statuses = [resp.headers["Cache-Status"] for resp, _ in results]
+    leaders = [s for s in statuses if "fwd=uri-miss" in s and "collapsed" not in s]
+    assert len(leaders) == 1
+    # The rest waited on the leader's fill, or connected after it landed (the accept backlog
+    # is 128) and found the entry.
+    assert all("collapsed" in s or s.startswith("edge; hit") for s in statuses if s not in leaders)
+    assert sum("collapsed" in s for s in statuses) >= 100
+
+
+async def test_unshareable_response_releases_every_waiter_at_once_and_is_remembered_as_pass(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    delay = 0.6
+    gw, gateway = await make_gateway(str(echo_origin.make_url("/")))
+    path = spec("/private", "Cache-Control:private, max-age=60", delay=str(delay))
+    start = time.perf_counter()
+    first_wave = await asyncio.gather(*(get(http, gw, path) for _ in range(20)))
+    elapsed = time.perf_counter() - start
+    # The leader's answer, then every waiter in parallel: two latencies, not twenty.
+    assert elapsed < 3 * delay, elapsed
+    assert len({body for _, body in first_wave}) == 20  # each client got its own response
+    assert await origin_count(echo_origin) == 20
+    start = time.perf_counter()
+    second_wave = await asyncio.gather(*(get(http, gw, path) for _ in range(5)))
+    elapsed = time.perf_counter() - start
+    # Remembered as pass: nobody queues behind a leader any more, one latency in all.
+    assert elapsed < 1.6 * delay, elapsed
+    assert all("collapsed" not in r.headers["Cache-Status"] for r, _ in second_wave)
+    assert gateway.cache.counters["pass"] == 25
+
+
+async def test_waiter_that_gives_up_fetches_for_itself_and_its_response_is_stored(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")), collapse_timeout="200ms")
+    path = spec("/slowfill", "Cache-Control:max-age=60", delay="0.6")
+    leader = asyncio.create_task(get(http, gw, path))
+    await asyncio.sleep(0.1)
+    waiter, _, waited = await timed_get(http, gw, path)
+    await leader
+    assert waiter.status == 200
+    assert "collapsed" not in waiter.headers["Cache-Status"]
+    assert "stored" in waiter.headers["Cache-Status"]
+    assert waited > 0.6  # gave up after 200 ms, then paid its own origin latency
+    assert await origin_count(echo_origin) == 2
+    assert (await get(http, gw, path))[0].headers["X-Cache"] == "HIT"
+
+
+async def test_client_disconnect_mid_fill_leaves_the_other_waiters_answered(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    path = spec("/abandoned", "Cache-Control:max-age=60", delay="0.5")
+    async with aiohttp.ClientSession() as leaving:
+        leader = asyncio.create_task(get(leaving, gw, path))
+        await asyncio.sleep(0.1)
+        waiters = [asyncio.create_task(get(http, gw, path)) for _ in range(10)]
+        await asyncio.sleep(0.1)
+        leader.cancel()  # the leader's client goes away; aiohttp cancels its handler
+    results = await asyncio.gather(*waiters)
+    assert leader.cancelled()
+    assert {resp.status for resp, _ in results} == {200}
+    assert all("collapsed" in resp.headers["Cache-Status"] for resp, _ in results)
+    assert await origin_count(echo_origin) == 1
+    assert (await get(http, gw, path))[0].headers["X-Cache"] == "HIT"
+
+
+async def test_stale_while_revalidate_answers_at_hit_speed_and_refreshes_once(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    delay = 0.5
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    path = spec(
+        "/swr", "Cache-Control:max-age=1, stale-while-revalidate=30", "X-Gen:{n}", delay=str(delay)
+    )
+    await get(http, gw, path)
+    await asyncio.sleep(1.1)
+    stale = await asyncio.gather(*(timed_get(http, gw, path) for _ in range(10)))
+    assert {resp.headers["X-Cache"] for resp, _, _ in stale} == {"UPDATING"}
+    assert {resp.headers["X-Gen"] for resp, _, _ in stale} == {"1"}
+    assert max(took for _, _, took in stale) < delay / 2
+    for _ in range(100):  # bounded wait for the one background revalidation
+        resp, _ = await get(http, gw, path)
+        if resp.headers["X-Cache"] == "HIT":
+            break
+        await asyncio.sleep(0.02)
+    assert resp.headers["X-Cache"] == "HIT"
+    assert resp.headers["X-Gen"] == "2"
+    assert await origin_count(echo_origin) == 2
+
+
+async def test_route_stale_while_revalidate_applies_unless_the_origin_forbids_stale(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(
+        str(echo_origin.make_url("/")), route_cache=", stale_while_revalidate: 30s"
+    )
+    plain = spec("/default-swr", "Cache-Control:max-age=1")
+    strict = spec("/strict", "Cache-Control:max-age=1, must-revalidate")
+    await get(http, gw, plain)
+    await get(http, gw, strict)
+    await asyncio.sleep(1.1)
+    assert (await get(http, gw, plain))[0].headers["X-Cache"] == "UPDATING"
+    assert (await get(http, gw, strict))[0].headers["X-Cache"] == "EXPIRED"
+
+
+async def test_stale_if_error_serves_the_stale_entry_for_each_kind_of_origin_failure(
+    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    loader = await start_loader(aiohttp_server, s_maxage=1, swr=0)
+    gw, _ = await make_gateway(
+        str(loader.make_url("/")),
+        read_timeout="400ms",
+        route_cache=", stale_if_error: 5m",
+        origin_extra=", breaker: {failures: 100}",
+    )
+    cached, cold = BUNDLE.format(p="p1"), BUNDLE.format(p="p2")
+    fresh, fresh_body = await get(http, gw, cached)
+    await asyncio.sleep(1.1)
+
+    await loader_call(http, loader, "/__faults", {"status": 503})
+    resp, body = await get(http, gw, cached)
+    assert (resp.status, resp.headers["X-Cache"], body) == (200, "STALE", fresh_body)
+    assert "fwd=stale; fwd-status=503" in resp.headers["Cache-Status"]
+    resp, body = await get(http, gw, cold)
+    assert resp.status == 503 and json.loads(body)["error"] == "injected fault"
+
+    await loader_call(http, loader, "/__faults", {"reset": True, "delay_seconds": 2})
+    resp, body = await get(http, gw, cached)
+    assert (resp.status, resp.headers["X-Cache"], body) == (200, "STALE", fresh_body)
+    resp, body = await get(http, gw, cold)
+    assert resp.status == 504 and json.loads(body)["error"] == "origin timed out"
+
+    await loader.close()
+    resp, body = await get(http, gw, cached)
+    assert (resp.status, resp.headers["X-Cache"], body) == (200, "STALE", fresh_body)
+    assert resp.headers["ETag"] == fresh.headers["ETag"]
+    resp, body = await get(http, gw, cold)
+    assert resp.status == 502 and json.loads(body)["error"] == "origin unreachable"
+
+
+async def test_304_from_the_origin_refreshes_headers_and_keeps_the_body(
+    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    loader = await start_loader(aiohttp_server, s_maxage=1, swr=0)
+    gw, _ = await make_gateway(str(loader.make_url("/")))
+    path = BUNDLE.format(p="p3")
+    first, body1 = await get(http, gw, path)
+    await asyncio.sleep(1.1)
+    again, body2 = await get(http, gw, path)
+    assert again.headers["X-Cache"] == "REVALIDATED"
+    assert body2 == body1
+    assert again.headers["Date"] != first.headers["Date"]  # taken from the 304
+    assert int(again.headers["Age"]) == 0
+    stats = await loader_call(http, loader, "/__stats")
+    assert (stats["not_modified"], stats["codegen_runs"], stats["requests_total"]) == (1, 1, 2)
+    assert (await get(http, gw, path))[0].headers["X-Cache"] == "HIT"
+
+
+async def test_breaker_opens_after_failures_then_serves_stale_or_503_and_closes_after_a_probe(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, gateway = await make_gateway(
+        str(echo_origin.make_url("/")), origin_extra=", breaker: {failures: 3, reset: 2s}"
+    )
+    stale_ok = spec("/sie", "Cache-Control:max-age=1, stale-if-error=60")
+    await get(http, gw, stale_ok)
+    for i in range(3):
+        resp, _ = await get(http, gw, f"/nocache/fail{i}?status=500")
+        assert resp.status == 500  # the origin's own error, passed through
+    assert gateway.upstreams["o"].breaker.state == "open"
+    before = await origin_count(echo_origin)
+    resp, body = await get(http, gw, "/nocache/ok")
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+    assert json.loads(body)["error"] == "origin unavailable"
+    await asyncio.sleep(1.1)
+    resp, _ = await get(http, gw, stale_ok)
+    assert (resp.status, resp.headers["X-Cache"]) == (200, "STALE")
+    assert await origin_count(echo_origin) == before  # open: nothing reached the origin
+    await asyncio.sleep(1.0)
+    resp, _ = await get(http, gw, "/nocache/ok")
+    assert resp.status == 200  # the probe after `reset`
+    assert gateway.upstreams["o"].breaker.state == "closed"
+    assert (await get(http, gw, "/nocache/again"))[0].status == 200
+
+
+async def test_excess_load_gets_a_fast_503_and_the_origin_never_sees_more_than_the_budget(
+    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    loader = await start_loader(aiohttp_server, codegen_seconds=0)
+    await loader_call(http, loader, "/__faults", {"delay_seconds": 0.5})
+    gw, _ = await make_gateway(str(loader.make_url("/")), origin_extra=", max_concurrency: 2")
+    results = await asyncio.gather(
+        *(timed_get(http, gw, BUNDLE.format(p=f"p{i}")) for i in range(1, 21))
+    )
+    stats = await loader_call(http, loader, "/__stats")
+    assert stats["in_flight_max"] <= 2
+    rejected = [(resp, body, took) for resp, body, took in results if resp.status == 503]
+    assert len(rejected) >= 10  # 2 running + 8 queued at most; the rest refused at once
+    for resp, body, _ in rejected:
+        assert json.loads(body)["error"] == "origin unavailable"
+        assert "Retry-After" in resp.headers
+    assert min(took for _, _, took in rejected) < 0.25  # refused, not queued behind the origin
+
+
+async def test_only_idempotent_requests_are_retried_and_only_once(
+    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    loader = await start_loader(aiohttp_server)
+    gw, _ = await make_gateway(str(loader.make_url("/")), origin_extra=", retries: 1")
+    await loader_call(http, loader, "/__faults", {"drop": True})
+    resp, _ = await get(http, gw, BUNDLE.format(p="p1"))
+    assert resp.status == 502
+    stats = await loader_call(http, loader, "/__stats")
+    # Sent, then dropped: resent once (RFC 9112 9.3.1), not once more by the gateway's retry.
+    assert stats["requests_by_method"] == {"GET": 2}
+    await loader_call(http, loader, "/__stats/reset", {})
+    async with http.post(gw.make_url("/api/v1/projects/p1/publish"), data=b"{}") as resp:
+        assert resp.status == 502
+    stats = await loader_call(http, loader, "/__stats")
+    assert stats["requests_by_method"] == {"POST": 1}
+
+    dead, gateway = await make_gateway("http://127.0.0.1:9", origin_extra=", retries: 1")
+    assert (await get(http, dead, "/x"))[0].status == 502
+    assert gateway.upstreams["o"].fetches == 2  # a failed connect: the origin never saw it
+    async with http.post(dead.make_url("/x"), data=b"x") as resp:
+        assert resp.status == 502
+    assert gateway.upstreams["o"].fetches == 3  # a request with a body is never retried

@@ -7,9 +7,11 @@ would turn a caching hint into an outage, so nothing here raises on any input.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
+
+import http_sf
 
 # RFC 9110 5.6.7 limits delta-seconds only by what the recipient can hold; RFC 9111 1.2.2 asks
 # for at least 2**31, and anything larger is clamped to it.
@@ -19,6 +21,11 @@ DELTA_MAX = 2**31
 DELTA_DIRECTIVES = frozenset(
     {"max-age", "s-maxage", "min-fresh", "max-stale", "stale-while-revalidate", "stale-if-error"}
 )
+# Directives that take no value (private and no-cache may also list field names).
+FLAG_DIRECTIVES = frozenset({
+    "no-store", "no-cache", "private", "public", "must-revalidate", "proxy-revalidate",
+    "immutable", "no-transform", "must-understand",
+})
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
 _SF_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")  # RFC 8941 3.3.4
@@ -113,18 +120,91 @@ def field_names(value: str | None) -> tuple[str, ...]:
     return tuple(name for name in names if _TOKEN.fullmatch(name))
 
 
+_DAY = r"(?:mon|tue|wed|thu|fri|sat|sun)"
+_DAY_LONG = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_MONTH = rf"(?P<month>{'|'.join(_MONTHS)})"
+_TIME = r"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
+_HTTP_DATES = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        rf"{_DAY}, (?P<day>\d\d) {_MONTH} (?P<year>\d{{4}}) {_TIME} GMT",  # IMF-fixdate
+        rf"{_DAY_LONG}, (?P<day>\d\d)-{_MONTH}-(?P<year>\d\d) {_TIME} GMT",  # rfc850-date
+        rf"{_DAY} {_MONTH} (?P<day>\d\d| \d) {_TIME} (?P<year>\d{{4}})",  # asctime-date
+    )
+)
+
+
 def http_date(value: str | None) -> float | None:
-    """Epoch seconds of an HTTP-date in any of the three formats of RFC 9110 5.6.7, read leniently;
-    None when absent or invalid (callers decide what invalid means: RFC 9111 5.3 for Expires)."""
+    """Epoch seconds of an HTTP-date in one of the three formats of RFC 9110 5.6.7, names in any
+    case; None when absent or anything else (`UTC`, `AEST`, `2:01:18`, 2-digit IMF years, ...),
+    which callers read per field: an invalid Expires means already expired (RFC 9111 5.3).
+
+    An rfc850-date's 2-digit year more than 50 years ahead is taken in the past century
+    (RFC 9110 5.6.7)."""
     if value is None:
         return None
-    try:
-        when = parsedate_to_datetime(value.strip())
-        if when.tzinfo is None:  # asctime carries no zone; HTTP-dates are always GMT
-            when = when.replace(tzinfo=UTC)
-        return when.timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
+    text = value.strip()
+    for pattern in _HTTP_DATES:
+        match = pattern.fullmatch(text)
+        if match is not None:
+            break
+    else:
         return None
+    year = int(match["year"])
+    if len(match["year"]) == 2:
+        this_year = time.gmtime().tm_year
+        year += this_year - this_year % 100
+        if year > this_year + 50:
+            year -= 100
+    try:
+        when = datetime(
+            year,
+            _MONTHS.index(match["month"].lower()) + 1,
+            int(match["day"]),
+            int(match["hour"]),
+            int(match["minute"]),
+            min(int(match["second"]), 59),  # a leap second is read as :59
+            tzinfo=UTC,
+        )
+    except ValueError:  # 31 Feb, hour 25, ...
+        return None
+    return when.timestamp()
+
+
+_QUALIFIABLE = frozenset({"private", "no-cache"})  # bare, or a string of field names
+# Directives that forbid something count whatever their value: reading `no-store=1` as absent
+# would store what the origin asked not to.
+_RESTRICTIVE = frozenset({"no-store", "no-cache", "private", "must-revalidate", "proxy-revalidate"})
+
+
+def parse_targeted(values: Iterable[str]) -> dict[str, str | None]:
+    """A targeted field such as CDN-Cache-Control (RFC 9213 2.1): an sf-dictionary, strictly.
+
+    Returns the shape of `parse_cache_control` (value None for a bare directive) so the policy
+    reads both alike. A field that does not parse as a dictionary is empty, i.e. ignored
+    (RFC 9213 2.2); a known directive whose value has the wrong type (`max-age="60"`,
+    `max-age=-1`, `no-store=1`) is dropped; unknown directives are kept, and ignored later.
+    """
+    text = ",".join(values)
+    try:
+        parsed = http_sf.parse(text.encode("ascii"), tltype="dictionary")
+    except (http_sf.StructuredFieldError, UnicodeEncodeError, ValueError):
+        return {}
+    assert isinstance(parsed, dict)
+    out: dict[str, str | None] = {}
+    for name, member in parsed.items():
+        value = member[0] if isinstance(member, tuple) else member
+        if name in DELTA_DIRECTIVES:
+            if type(value) is int and value >= 0:
+                out[name] = str(min(value, DELTA_MAX))
+        elif name in _QUALIFIABLE and isinstance(value, str):
+            out[name] = value
+        elif value is True or name in _RESTRICTIVE:
+            out[name] = None
+        elif name not in FLAG_DIRECTIVES:
+            out[name] = str(value)
+    return out
 
 
 def entity_tags(value: str) -> list[str]:

@@ -14,11 +14,14 @@ from typing import Any
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 from gateway.directives import (
+    DELTA_DIRECTIVES,
+    FLAG_DIRECTIVES,
     delta_seconds,
     entity_tags,
     field_names,
     http_date,
     parse_cache_control,
+    parse_targeted,
     sf_item,
     surrogate_max_age,
     weak_tag,
@@ -33,11 +36,7 @@ HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414
 
 # Cache-Control directives that make a targeted field (RFC 9213) worth obeying; a field with
 # none of them is treated as absent, as RFC 9213 2.2 asks for an empty or invalid field.
-KNOWN_DIRECTIVES = frozenset({
-    "max-age", "s-maxage", "no-store", "no-cache", "private", "public", "must-revalidate",
-    "proxy-revalidate", "stale-while-revalidate", "stale-if-error", "immutable", "no-transform",
-    "must-understand",
-})
+KNOWN_DIRECTIVES = (DELTA_DIRECTIVES - {"min-fresh", "max-stale"}) | FLAG_DIRECTIVES
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 SURROGATE_CONTROL = "surrogate-control"
@@ -94,12 +93,17 @@ class _Directives:
 
     `cc` is the winning CDN-Cache-Control-like field, else Cache-Control. `surrogate` is set when
     Surrogate-Control won: it then only supplies the lifetime (and no-store), the rest still
-    comes from Cache-Control. `targeted` means Expires must be ignored (RFC 9213 2.2).
+    comes from Cache-Control. `consumed` names the targeted field that won, if one did: Expires
+    is then ignored (RFC 9213 2.2) and clients do not see that field.
     """
 
     cc: dict[str, str | None]
     surrogate: dict[str, str | None] | None = None
-    targeted: bool = False
+    consumed: str | None = None
+
+    @property
+    def targeted(self) -> bool:
+        return self.consumed is not None and self.surrogate is None
 
     @property
     def no_store(self) -> bool:
@@ -144,14 +148,22 @@ def _effective(resp_headers: Headers, rules: RouteRules) -> _Directives:
         values = _all(resp_headers, name)
         if not values:
             continue
-        directives = parse_cache_control(values)
         if name.lower() == SURROGATE_CONTROL:
+            directives = parse_cache_control(values)
             if "max-age" in directives or "no-store" in directives:
                 cc = parse_cache_control(_all(resp_headers, "Cache-Control"))
-                return _Directives(cc, surrogate=directives)
-        elif directives.keys() & KNOWN_DIRECTIVES:
-            return _Directives(directives, targeted=True)
+                return _Directives(cc, surrogate=directives, consumed=name)
+        else:
+            directives = parse_targeted(values)
+            if directives.keys() & KNOWN_DIRECTIVES:
+                return _Directives(directives, consumed=name)
     return _Directives(parse_cache_control(_all(resp_headers, "Cache-Control")))
+
+
+def consumed_field(resp_headers: Headers, rules: RouteRules) -> str | None:
+    """The targeted field (CDN-Cache-Control, Surrogate-Control, ...) whose directives this cache
+    obeyed, which it then keeps from clients; an unusable one is ignored and passes through."""
+    return _effective(resp_headers, rules).consumed
 
 
 def _request_directives(req_headers: Headers) -> dict[str, str | None]:
@@ -171,12 +183,13 @@ def strip_fields(resp_headers: Headers, rules: RouteRules | None = None) -> tupl
     Cache-Control and every CDN-Cache-Control-like targeted field: stripping too much is safe.
     """
     rules = rules or RouteRules()
-    sources = ["cache-control"] + [
-        f for f in rules.targeted_fields if f.lower() != SURROGATE_CONTROL
+    sources = [parse_cache_control(_all(resp_headers, "Cache-Control"))] + [
+        parse_targeted(_all(resp_headers, f))
+        for f in rules.targeted_fields
+        if f.lower() != SURROGATE_CONTROL
     ]
     names: set[str] = set()
-    for source in sources:
-        directives = parse_cache_control(_all(resp_headers, source))
+    for directives in sources:
         for qualified in ("private", "no-cache"):
             names.update(field_names(directives.get(qualified)))
     return tuple(sorted(names))
@@ -233,10 +246,11 @@ def _lifetime(status: int, resp_headers: Headers, response_time: float, rules: R
             return float(delta_seconds(d.cc[name]) or 0)
     date = http_date(_first(resp_headers, "Date"))
     date_value = response_time if date is None else date
-    expires = _first(resp_headers, "Expires")
-    if expires is not None and not d.targeted:
-        expires_at = http_date(expires)
-        return 0.0 if expires_at is None else max(0.0, expires_at - date_value)  # RFC 9111 5.3
+    expires = _all(resp_headers, "Expires")
+    if expires and not d.targeted:
+        # RFC 9111 5.3: an invalid date, or several lines, means already expired.
+        expires_at = http_date(expires[0]) if len(expires) == 1 else None
+        return 0.0 if expires_at is None else max(0.0, expires_at - date_value)
     if rules.heuristic_fraction is not None and status in HEURISTIC_STATUSES:
         last_modified = http_date(_first(resp_headers, "Last-Modified"))
         if last_modified is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from email.utils import formatdate
 
 import pytest
@@ -13,6 +14,7 @@ from gateway.policy import (
     Reuse,
     RouteRules,
     cache_status,
+    consumed_field,
     freshness,
     initial_age,
     invalidates,
@@ -195,6 +197,26 @@ def test_cdn_cache_control_without_valid_directives_is_ignored_rfc9213_2_2() -> 
     assert store(*pairs) == "no-store"
 
 
+@pytest.mark.parametrize("cdn", ["max-age=10000, &&&&&", 'max-age="10000"', "Max-Age=10000"])
+def test_cdn_cache_control_that_is_not_a_valid_sf_dictionary_is_ignored_rfc9213_2_1(
+    cdn: str,
+) -> None:
+    assert store(("Cache-Control", "no-store"), ("CDN-Cache-Control", cdn)) == "no-store"
+    assert lifetime(("Cache-Control", "max-age=60"), ("CDN-Cache-Control", cdn)) == 60
+
+
+def test_restrictive_cdn_directive_counts_whatever_its_value_rfc9213_2_1() -> None:
+    assert store(("Cache-Control", "max-age=60"), ("CDN-Cache-Control", "no-store=1")) == "no-store"
+
+
+def test_only_the_targeted_field_that_was_obeyed_is_consumed_rfc9213_2_2() -> None:
+    cc = ("Cache-Control", "max-age=60")
+    assert consumed_field(h(cc, ("CDN-Cache-Control", "max-age=5")), RULES) == "cdn-cache-control"
+    assert consumed_field(h(cc, ("CDN-Cache-Control", "foo")), RULES) is None
+    assert consumed_field(h(cc, ("Surrogate-Control", "max-age=5")), RULES) == "surrogate-control"
+    assert consumed_field(h(cc), RULES) is None
+
+
 def test_surrogate_control_no_store_is_not_stored_edge_arch_1_0() -> None:
     assert store(("Cache-Control", "max-age=60"), ("Surrogate-Control", "no-store")) == "no-store"
 
@@ -233,10 +255,37 @@ def test_expires_before_date_is_zero_not_negative_rfc9111_4_2_1() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"],
+    ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994",
+     "SUN, 06 NOV 1994 08:49:37 gmt"],
 )
-def test_three_http_date_formats_are_read_rfc9110_5_6_7(text: str) -> None:
+def test_three_http_date_formats_are_read_in_any_case_rfc9110_5_6_7(text: str) -> None:
     assert http_date(text) == 784111777.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Thu, 18 Aug 2050 02:01:18 UTC", "Thu, 18 Aug 2050 02:01:18 AEST",
+     "Thu, 18 Aug 50 02:01:18 GMT", "Thu 18 Aug 2050 02:01:18 GMT",
+     "Thu, 18  Aug  2050 02:01:18 GMT", "Thu, 18-Aug-2050 02:01:18 GMT",
+     "Thu, 18 Aug 2050 02.01.18 GMT", "Thu, 18 Aug 2050 2:01:18 GMT",
+     "Thu, 31 Feb 2050 02:01:18 GMT", "Thu, 18 Aug 2050 24:01:18 GMT", "tomorrow", ""],
+)
+def test_anything_but_the_three_formats_is_not_an_http_date_rfc9110_5_6_7(text: str) -> None:
+    assert http_date(text) is None
+
+
+def test_rfc850_two_digit_year_more_than_50_years_ahead_is_in_the_past_rfc9110_5_6_7() -> None:
+    this_year = datetime.now(UTC).year
+    ahead = (this_year + 60) % 100
+    text = f"Sunday, 06-Nov-{ahead:02d} 08:49:37 GMT"
+    parsed = http_date(text)
+    assert parsed is not None
+    assert datetime.fromtimestamp(parsed, UTC).year == this_year + 60 - 100
+
+
+def test_several_expires_lines_mean_already_expired_rfc9111_5_3() -> None:
+    later = date(NOW + 3600)
+    assert lifetime(("Date", date(NOW)), ("Expires", later), ("Expires", later)) == 0
 
 
 def test_heuristic_freshness_only_when_enabled_rfc9111_4_2_2() -> None:

@@ -191,7 +191,7 @@ forbidden = st.sampled_from(["private", "no-store", 'private=""', 'no-store="x"'
     after=st.lists(st.one_of(harmless, directive), max_size=3),
     split_lines=st.booleans(),
     padding=st.sampled_from(["", " ", "  ", "\t"]),
-    where=st.sampled_from(["cache-control", "cache-control+surrogate", "cdn-cache-control"]),
+    where=st.sampled_from(["cache-control", "cache-control+surrogate"]),
     authorization=st.booleans(),
 )
 def test_private_or_no_store_is_never_stored_rfc9111_5_2_2_5_and_5_2_2_7(
@@ -204,14 +204,39 @@ def test_private_or_no_store_is_never_stored_rfc9111_5_2_2_5_and_5_2_2_7(
     lines = [", ".join(parts[:len(before)]), ", ".join(parts[len(before):])] if split_lines else [
         ", ".join(parts)
     ]
-    field = "CDN-Cache-Control" if where == "cdn-cache-control" else "Cache-Control"
-    resp = CIMultiDict([(field, line) for line in lines] + [("ETag", '"v"')])
+    resp = CIMultiDict([("Cache-Control", line) for line in lines] + [("ETag", '"v"')])
     if where == "cache-control+surrogate":
         resp["Surrogate-Control"] = "max-age=600"
-    if where == "cdn-cache-control":
-        resp["Cache-Control"] = "public, max-age=600"
     req = CIMultiDict([("Authorization", "Basic x")] if authorization else [])
     assert storable("GET", 200, req, resp, RouteRules()) in ("private", "no-store")
+
+
+# A valid sf-dictionary member (RFC 8941 3.2) that does not itself restrict storing.
+sf_member = st.one_of(
+    harmless,
+    st.tuples(
+        st.from_regex(r"[a-z][a-z0-9_\-.]{0,10}", fullmatch=True).filter(
+            lambda k: k not in ("private", "no-store", "no-cache", "public", "s-maxage", "max-age")
+        ),
+        st.one_of(st.none(), deltas.map(str), st.text(
+            st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=10).map(quote)),
+    ).map(lambda pair: pair[0] if pair[1] is None else f"{pair[0]}={pair[1]}"),
+)
+
+
+@props
+@given(word=forbidden, before=st.lists(sf_member, max_size=3),
+       after=st.lists(sf_member, max_size=3), split_lines=st.booleans())
+def test_private_or_no_store_in_a_valid_cdn_cache_control_is_never_stored_rfc9213_2_1(
+    word: str, before: list[str], after: list[str], split_lines: bool
+) -> None:
+    parts = [*before, word, *after]
+    lines = [", ".join(parts[:len(before)]), ", ".join(parts[len(before):])] if split_lines else [
+        ", ".join(parts)
+    ]
+    resp = CIMultiDict([("CDN-Cache-Control", line) for line in lines if line])
+    resp.extend([("Cache-Control", "public, max-age=600"), ("ETag", '"v"')])
+    assert storable("GET", 200, CIMultiDict(), resp, RouteRules()) in ("private", "no-store")
 
 
 SF_TOKEN = r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*"

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -20,8 +20,7 @@ from gateway.coalesce import SingleFlight
 from gateway.generations import Generations
 from gateway.headers import (
     NOT_STORED,
-    TAG_FIELDS,
-    TARGETED_FIELDS,
+    client_response_headers,
     end_to_end,
     tags_of,
     upstream_request_headers,
@@ -85,6 +84,10 @@ class Stored:
     x_cache: str  # MISS, EXPIRED or REVALIDATED
     fwd_status: int
     stored: bool
+    # The origin's response as the client that caused the fill may see it: with the fields a
+    # shared copy must drop (Set-Cookie under private="Set-Cookie", no-cache="X"). None after a
+    # 304, where the stored copy is all there is.
+    own_headers: list[tuple[str, str]] | None = None
 
 
 @dataclass(slots=True)
@@ -246,7 +249,7 @@ class Cache:
         entry = result.entry
         if entry.vary and entry.key != look.primary + "#" + secondary_key(entry.vary, req.headers):
             return None
-        return self.stored_reply(look, result, fwd, collapsed=not leader)
+        return self.stored_reply(look, result, fwd, collapsed=not leader, own=leader)
 
     async def _fill_alone(self, look: Lookup, *, collapsed: bool) -> Reply:
         """A fill outside the single-flight table: after a pass, or for a waiter that gave up
@@ -257,7 +260,7 @@ class Cache:
             return self.on_origin_error(look, exc, "uri-miss")
         if isinstance(result, Passed):
             return self.pass_reply(look, result, "uri-miss")
-        return self.stored_reply(look, result, "uri-miss", collapsed=collapsed)
+        return self.stored_reply(look, result, "uri-miss", collapsed=collapsed, own=True)
 
     def refresh_in_background(self, look: Lookup, entry: Entry) -> None:
         """One background revalidation per key, on the origin's background budget."""
@@ -323,7 +326,9 @@ class Cache:
         if stored:
             await self.store.set_vary(look.primary, entry.vary)
         self.count("stored" if stored else "not_stored", look.tenant)
-        return Stored(entry, "MISS" if stale is None else "EXPIRED", resp.status, stored)
+        own = self.visible_headers(look, rh, drop=("age",))
+        x_cache = "MISS" if stale is None else "EXPIRED"
+        return Stored(entry, x_cache, resp.status, stored, own)
 
     def _entry(
         self,
@@ -335,7 +340,7 @@ class Cache:
         epoch: int,
     ) -> Entry:
         route = look.route
-        strip = NOT_STORED | set(policy.strip_fields(rh))
+        strip = NOT_STORED | set(policy.strip_fields(rh, route.rules))
         names = policy.vary_names(rh) or ()
         key = look.primary + "#" + secondary_key(names, look.req.headers) if names else look.primary
         return Entry(
@@ -354,6 +359,18 @@ class Cache:
             tags=tags_of(rh),
             stored_at=resp.response_time,
             soft_generation=epoch,
+            visible=tuple(self.visible_headers(look, rh, drop=strip)),
+        )
+
+    def visible_headers(
+        self, look: Lookup, rh: CIMultiDict[str], *, drop: Iterable[str]
+    ) -> list[tuple[str, str]]:
+        """What a client sees of an origin response on this route (see client_response_headers)."""
+        return client_response_headers(
+            rh,
+            keep_tags=look.route.cfg.cache.keep_tags,
+            consumed=policy.consumed_field(rh, look.route.rules),
+            drop=drop,
         )
 
     def on_origin_error(self, look: Lookup, exc: OriginError, fwd: str) -> Reply:
@@ -377,7 +394,11 @@ class Cache:
         self.count("origin_errors", look.tenant)
         return self.error_reply(exc.status, exc.reason, fwd=fwd, retry_after=exc.retry_after)
 
-    def stored_reply(self, look: Lookup, result: Stored, fwd: str, *, collapsed: bool) -> Reply:
+    def stored_reply(
+        self, look: Lookup, result: Stored, fwd: str, *, collapsed: bool, own: bool
+    ) -> Reply:
+        """The reply from a fill's entry; `own` when this request ran the fill, which then sees
+        the origin's own response rather than the shared copy."""
         now = self.clock()
         entry = result.entry
         self.count("collapsed" if collapsed else "miss", look.tenant)
@@ -390,46 +411,48 @@ class Cache:
             ttl=entry.freshness.lifetime - entry.age(now),
             collapsed=collapsed,
         )
-        return self.from_entry(look, entry, now, result.x_cache, status)
+        headers = result.own_headers if own else None
+        return self.from_entry(look, entry, now, result.x_cache, status, headers)
 
     def pass_reply(self, look: Lookup, result: Passed, fwd: str) -> Reply:
         result.claimed = True
         resp = result.response
         self.count("pass", look.tenant)
-        headers = self.client_headers(resp.headers, keep_tags=False)
+        headers = self.visible_headers(look, resp.headers, drop=())
         status = policy.cache_status(
             self.name, hit=False, fwd=fwd, fwd_status=resp.status, detail=result.reason
         )
-        headers += [("Cache-Status", status), ("X-Cache", "MISS")]
+        headers += [("Via", self.via), ("Cache-Status", status), ("X-Cache", "MISS")]
         length = resp.headers.get("Content-Length")
         if length is not None:
             headers.append(("Content-Length", length))
         return Reply(resp.status, headers, result.prefix, stream=resp)
 
     def from_entry(
-        self, look: Lookup, entry: Entry, now: float, x_cache: str, status: str
+        self,
+        look: Lookup,
+        entry: Entry,
+        now: float,
+        x_cache: str,
+        status: str,
+        headers: list[tuple[str, str]] | None = None,
     ) -> Reply:
-        """Reply from a stored entry: Age, Cache-Status, X-Cache; 304 for a matching conditional."""
+        """Reply from a stored entry (or with `headers`, the fill's own response): Age,
+        Cache-Status, X-Cache; 304 for a matching conditional."""
         req = look.req
-        base = self.client_headers(entry.headers, keep_tags=look.route.cfg.cache.keep_tags)
-        extra = [("Age", str(int(entry.age(now)))), ("Cache-Status", status), ("X-Cache", x_cache)]
+        base = entry.visible if headers is None else headers
+        extra = [
+            ("Via", self.via),
+            ("Age", str(int(entry.age(now)))),
+            ("Cache-Status", status),
+            ("X-Cache", x_cache),
+        ]
         if ("If-None-Match" in req.headers or "If-Modified-Since" in req.headers) and (
             policy.not_modified(req.headers, req.method, entry.status, CIMultiDict(entry.headers))
         ):
             kept = [(k, v) for k, v in base if k.lower() in _NOT_MODIFIED_FIELDS]
             return Reply(304, kept + extra)
-        return Reply(entry.status, base + extra, entry.body)
-
-    def client_headers(
-        self, headers: CIMultiDict[str] | tuple[tuple[str, str], ...], *, keep_tags: bool
-    ) -> list[tuple[str, str]]:
-        drop = TARGETED_FIELDS | {"content-length", "age", "x-cache"}
-        if not keep_tags:
-            drop = drop | TAG_FIELDS
-        items = headers.items() if isinstance(headers, CIMultiDict) else headers
-        out = [(k, v) for k, v in items if k.lower() not in drop]
-        out.append(("Via", self.via))
-        return out
+        return Reply(entry.status, [*base, *extra], entry.body)
 
     def error_reply(
         self, status: int, reason: str, *, fwd: str, retry_after: float | None = None

@@ -27,7 +27,6 @@ CLIENT_CONDITIONALS = frozenset(
 )
 
 TAG_FIELDS = frozenset({"surrogate-key", "cache-tag", "cache-groups"})
-TARGETED_FIELDS = frozenset({"cdn-cache-control", "surrogate-control"})
 
 # Fields of a stored response that only make sense on the original exchange.
 NOT_STORED = frozenset({"age", "set-cookie"}) | HOP_BY_HOP
@@ -82,14 +81,22 @@ def upstream_request_headers(
 
 
 def client_response_headers(
-    headers: AnyHeaders, *, keep_tags: bool, consumed: Iterable[str] = TARGETED_FIELDS
+    headers: AnyHeaders,
+    *,
+    keep_tags: bool,
+    consumed: str | None = None,
+    drop: Iterable[str] = (),
 ) -> list[tuple[str, str]]:
-    """Origin response headers fit for the client: no hop-by-hop, no consumed targeted fields,
-    no tag fields unless the route keeps them. Content-Length is left to the server."""
-    drop = set(consumed) | {"content-length"}
+    """Origin response headers fit for a client: no hop-by-hop or Connection-listed fields
+    (RFC 9110 7.6.1), no upstream X-Cache (this cache sets its own), not the targeted field this
+    cache consumed (RFC 9213), no tag fields unless the route keeps them, nothing in `drop`.
+    Content-Length is left to the server, which knows what it sends."""
+    dropped = {"content-length", "x-cache", *drop}
+    if consumed is not None:
+        dropped.add(consumed)
     if not keep_tags:
-        drop |= TAG_FIELDS
-    return end_to_end(headers, drop)
+        dropped |= TAG_FIELDS
+    return end_to_end(headers, dropped)
 
 
 def tags_of(headers: AnyHeaders) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from multidict import CIMultiDict
 
 from gateway import policy
 from gateway.cache import Cache, Incoming, Reply
-from gateway.headers import upstream_request_headers
+from gateway.headers import client_response_headers, upstream_request_headers
 from gateway.router import Route
 from gateway.upstream import OriginError
 
@@ -52,7 +52,8 @@ async def forward(request: web.Request, req: Incoming, route: Route, cache: Cach
     if route.cached and policy.invalidates(req.method, resp.status):
         await cache.invalidate(cache.locate(req, route), resp.headers)
     cache.counters["bypass"] += 1
-    out = cache.client_headers(resp.headers, keep_tags=True)
+    out = client_response_headers(resp.headers, keep_tags=True)
+    out.append(("Via", cache.via))
     out.append(
         (
             "Cache-Status",

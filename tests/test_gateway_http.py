@@ -315,3 +315,62 @@ async def test_response_larger_than_max_object_streams_uncached_with_bounded_mem
     assert gateway.store.stats()["bytes"] == 0
     await get(http, gw, path)
     assert await origin_count(echo_origin) == 2
+
+
+async def test_hop_by_hop_fields_of_the_origin_never_reach_clients_rfc9110_7_6_1(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    hop = ("Keep-Alive:timeout=5", "Proxy-Authenticate:Basic", "Connection:x-hop", "X-Hop:1")
+    for path in (
+        spec("/hop-pass", "Cache-Control:no-store", *hop),  # not shareable: streamed through
+        spec("/nocache/hop", *hop),  # a `cache: false` route
+        spec("/hop-stored", "Cache-Control:max-age=60", *hop),  # stored, then a hit
+        spec("/hop-stored", "Cache-Control:max-age=60", *hop),
+    ):
+        resp, _ = await get(http, gw, path)
+        for name in ("Keep-Alive", "Proxy-Authenticate", "X-Hop"):
+            assert name not in resp.headers, (path, name)
+    async with http.post(gw.make_url(spec("/hop-post", *hop)), data=b"x") as resp:
+        assert "X-Hop" not in resp.headers and "Proxy-Authenticate" not in resp.headers
+
+
+async def test_the_client_that_fills_keeps_fields_the_shared_copy_drops_rfc9111_5_2_2_7(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    path = spec(
+        "/login",
+        'Cache-Control:max-age=60, private="Set-Cookie", no-cache="X-Debug"',
+        "Set-Cookie:sid=secret",
+        "X-Debug:1",
+    )
+    own, _ = await get(http, gw, path)
+    assert own.headers["X-Cache"] == "MISS" and "stored" in own.headers["Cache-Status"]
+    assert own.headers["Set-Cookie"] == "sid=secret"  # the filling client's own response
+    assert own.headers["X-Debug"] == "1"
+    shared, _ = await get(http, gw, path)
+    assert shared.headers["X-Cache"] == "HIT"
+    assert "Set-Cookie" not in shared.headers and "X-Debug" not in shared.headers
+
+
+async def test_a_targeted_field_the_cache_did_not_obey_reaches_clients_rfc9213_2_2(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    path = spec("/cdn-foo", "Cache-Control:max-age=60", "CDN-Cache-Control:foo")
+    await get(http, gw, path)
+    resp, _ = await get(http, gw, path)
+    assert resp.headers["X-Cache"] == "HIT"
+    assert resp.headers["CDN-Cache-Control"] == "foo"
+
+
+async def test_a_response_with_an_invalid_expires_is_not_reused_rfc9111_5_3(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    path = spec("/bad-expires", "Expires:Thu, 18 Aug 2050 02:01:18 UTC", 'ETag:"x"')
+    await get(http, gw, path)
+    resp, _ = await get(http, gw, path)
+    assert resp.headers["X-Cache"] != "HIT"
+    assert await origin_count(echo_origin) == 2

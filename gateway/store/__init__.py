@@ -36,6 +36,8 @@ class Entry:
     soft_generation: int = 0  # the soft-bust epoch when its fill started
     stored_at: float = field(default=0.0)
     soft_purged_at: float | None = None  # set by a soft purge: stale from then on
+    # What a client sees of `headers`, built once at fill so a hit only appends its own fields.
+    visible: tuple[tuple[str, str], ...] = ()
 
     def size(self) -> int:
         """Bytes charged against the store's bounds: body, headers, key, url, tags, overhead."""

@@ -37,7 +37,8 @@ async def serve(config: GatewayConfig) -> None:
     for runner in runners:
         await runner.setup()
     for runner, host, port in sites:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=config.listen_backlog)
+        await site.start()
         log.info("listening on http://%s:%d", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -33,6 +33,7 @@ from gateway.upstream import (
     OriginError,
     OriginResponse,
     OriginTimeout,
+    OriginUnavailable,
     OriginUnreachable,
     Upstream,
 )
@@ -283,9 +284,15 @@ class Cache:
         )
         if stale is not None:
             headers.update(policy.validators(CIMultiDict(stale.headers)))
-        self.count("origin_fetches", look.tenant)
         epoch = self.generations.epoch  # stamped now: a bust during the fetch still applies
-        resp = await upstream.request("GET", req.raw_path_qs, headers, background=background)
+        refused = False
+        try:
+            resp = await upstream.request("GET", req.raw_path_qs, headers, background=background)
+        except OriginUnavailable:
+            refused = True  # breaker open or budget full: nothing was sent
+            raise
+        finally:
+            self.count("origin_refused" if refused else "origin_fetches", look.tenant)
         try:
             return await self._absorb(look, stale, resp, epoch)
         except BaseException:

@@ -251,9 +251,12 @@ class CacheConfig(_Model):
 
 
 class BreakerConfig(_Model):
-    """Open the circuit after `failures` consecutive failures, probe again after `reset`."""
+    """Open the circuit when, within `window`, at least `failures` requests failed and they
+    were at least `ratio` of all; let one probe through after `reset`."""
 
     failures: int = Field(default=5, ge=1)
+    ratio: float = Field(default=0.5, gt=0, le=1)
+    window: PositiveDuration = 10.0
     reset: PositiveDuration = 10.0
 
 
@@ -265,6 +268,8 @@ class OriginConfig(_Model):
     read_timeout: PositiveDuration = 30.0
     max_connections: int = Field(default=100, ge=1)
     max_concurrency: int = Field(default=64, ge=1)
+    max_queue: int = Field(default=1024, ge=0)
+    queue_timeout: Duration = 10.0
     background_concurrency: int = Field(default=8, ge=1)
     retries: int = Field(default=1, ge=0, le=10)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -373,6 +378,7 @@ class GatewayConfig(_Model):
     """The whole gateway: listeners, the cache, origins, tenant quotas and routes."""
 
     listen: ListenAddress = Listen("127.0.0.1", 8080)
+    listen_backlog: int = Field(default=1024, ge=1)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     origins: dict[str, OriginConfig] = Field(default_factory=dict)

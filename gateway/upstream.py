@@ -19,7 +19,14 @@ from gateway.breaker import Breaker
 from gateway.config import OriginConfig
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Statuses a stale entry may stand in for (RFC 5861 4).
 FAILURE_STATUSES = frozenset({500, 502, 503, 504})
+# Statuses that say the origin itself is down or overloaded, which the breaker counts; a 500 is
+# one resource's bug, and the origin that sent it is up.
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+# Background revalidations may queue long (a soft bust of a big tenant), but not without bound.
+BACKGROUND_QUEUE = 10_000
+BACKGROUND_WAIT = 3600.0
 
 
 class OriginError(Exception):
@@ -43,6 +50,13 @@ class OriginUnreachable(OriginError):
 class OriginTimeout(OriginError):
     status = 504
     reason = "origin timed out"
+
+
+class OriginInvalid(OriginError):
+    """The origin answered something that is not HTTP (e.g. more body than Content-Length)."""
+
+    status = 502
+    reason = "invalid response from origin"
 
 
 class OriginUnavailable(OriginError):
@@ -128,9 +142,10 @@ class Upstream:
         self._origin = str(base.origin())
         self._base_path = base.raw_path.rstrip("/")
         self.host = base.raw_authority
-        self.breaker = Breaker(cfg.breaker.failures, cfg.breaker.reset)
-        self.foreground = Budget(cfg.max_concurrency, cfg.max_concurrency * 4, cfg.connect_timeout)
-        self.background = Budget(cfg.background_concurrency, 10_000, 3600.0)
+        b = cfg.breaker
+        self.breaker = Breaker(b.failures, b.reset, b.ratio, b.window)
+        self.foreground = Budget(cfg.max_concurrency, cfg.max_queue, cfg.queue_timeout)
+        self.background = Budget(cfg.background_concurrency, BACKGROUND_QUEUE, BACKGROUND_WAIT)
         self.fetches = 0
         self.failures = 0
         self._session: aiohttp.ClientSession | None = None
@@ -175,19 +190,24 @@ class Upstream:
             raise OriginUnavailable(self.name, "circuit open", self.breaker.retry_after(now))
         budget = self.background if background else self.foreground
         if not await budget.acquire():
-            self.breaker.probing = False
+            self.breaker.release_probe()
             raise OriginUnavailable(self.name, "over concurrency budget", 1.0)
         attempts = 1 + (self.cfg.retries if body is None and method in IDEMPOTENT else 0)
         try:
             resp, request_time = await self._send(method, raw_path_qs, headers, body, attempts)
+        except OriginError:
+            budget.release()  # the breaker has counted it
+            raise
         except BaseException:
             budget.release()
+            self.breaker.release_probe()  # cancelled: no verdict on the origin
             raise
         if resp.status in FAILURE_STATUSES:
             self.failures += 1
+        if resp.status in UNAVAILABLE_STATUSES:
             self.breaker.failure(time.monotonic())
         else:
-            self.breaker.success()
+            self.breaker.success(time.monotonic())
         return OriginResponse(resp, budget, request_time, time.time())
 
     async def _send(
@@ -223,6 +243,9 @@ class Upstream:
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 self._failed()
                 raise OriginTimeout(self.name) from exc
+            except aiohttp.ClientResponseError as exc:
+                self._failed()
+                raise OriginInvalid(self.name, exc.message.splitlines()[0]) from exc
             except aiohttp.ClientError as exc:
                 self._failed()
                 raise OriginUnreachable(self.name, type(exc).__name__) from exc

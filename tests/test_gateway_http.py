@@ -374,3 +374,24 @@ async def test_a_response_with_an_invalid_expires_is_not_reused_rfc9111_5_3(
     resp, _ = await get(http, gw, path)
     assert resp.headers["X-Cache"] != "HIT"
     assert await origin_count(echo_origin) == 2
+
+
+async def test_an_origin_answering_garbage_gets_a_clean_502_naming_it(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    async def oversend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b"x" * 36)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(oversend, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw, _ = await make_gateway(f"http://127.0.0.1:{port}")
+        resp, body = await get(http, gw, "/nocache/x")
+        assert resp.status == 502
+        assert json.loads(body)["error"] == "invalid response from origin"
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -231,8 +231,8 @@ async def test_breaker_opens_after_failures_then_serves_stale_or_503_and_closes_
     stale_ok = spec("/sie", "Cache-Control:max-age=1, stale-if-error=60")
     await get(http, gw, stale_ok)
     for i in range(3):
-        resp, _ = await get(http, gw, f"/nocache/fail{i}?status=500")
-        assert resp.status == 500  # the origin's own error, passed through
+        resp, _ = await get(http, gw, f"/nocache/fail{i}?status=503")
+        assert resp.status == 503  # the origin's own answer, passed through
     assert gateway.upstreams["o"].breaker.state == "open"
     before = await origin_count(echo_origin)
     resp, body = await get(http, gw, "/nocache/ok")
@@ -249,12 +249,30 @@ async def test_breaker_opens_after_failures_then_serves_stale_or_503_and_closes_
     assert (await get(http, gw, "/nocache/again"))[0].status == 200
 
 
+async def test_one_resource_answering_500_does_not_cut_off_the_origin(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, gateway = await make_gateway(
+        str(echo_origin.make_url("/")), origin_extra=", breaker: {failures: 3}"
+    )
+    for i in range(10):
+        assert (await get(http, gw, f"/nocache/bug{i}?status=500"))[0].status == 500
+    for i in range(3):  # some 503s, but among successes: not the origin being down
+        assert (await get(http, gw, f"/nocache/busy{i}?status=503"))[0].status == 503
+        assert (await get(http, gw, f"/nocache/ok{i}"))[0].status == 200
+        assert (await get(http, gw, f"/nocache/ok{i}b"))[0].status == 200
+    assert gateway.upstreams["o"].breaker.state == "closed"
+
+
 async def test_excess_load_gets_a_fast_503_and_the_origin_never_sees_more_than_the_budget(
     aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     loader = await start_loader(aiohttp_server, codegen_seconds=0)
     await loader_call(http, loader, "/__faults", {"delay_seconds": 0.5})
-    gw, _ = await make_gateway(str(loader.make_url("/")), origin_extra=", max_concurrency: 2")
+    gw, _ = await make_gateway(
+        str(loader.make_url("/")),
+        origin_extra=", max_concurrency: 2, max_queue: 8, queue_timeout: 1s",
+    )
     results = await asyncio.gather(
         *(timed_get(http, gw, BUNDLE.format(p=f"p{i}")) for i in range(1, 21))
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway import policy
+from gateway import policy, ranges
 from gateway.coalesce import SingleFlight
 from gateway.generations import Generations
 from gateway.headers import (
@@ -445,7 +445,7 @@ class Cache:
         headers: list[tuple[str, str]] | None = None,
     ) -> Reply:
         """Reply from a stored entry (or with `headers`, the fill's own response): Age,
-        Cache-Status, X-Cache; 304 for a matching conditional."""
+        Cache-Status, X-Cache; 304 for a matching conditional; 206 / 416 for a Range."""
         req = look.req
         base = entry.visible if headers is None else headers
         extra = [
@@ -459,7 +459,29 @@ class Cache:
         ):
             kept = [(k, v) for k, v in base if k.lower() in _NOT_MODIFIED_FIELDS]
             return Reply(304, kept + extra)
+        if "Range" in req.headers and req.method == "GET" and entry.status == 200:
+            return self._range_reply(req, entry, base, extra)
         return Reply(entry.status, [*base, *extra], entry.body)
+
+    @staticmethod
+    def _range_reply(
+        req: Incoming,
+        entry: Entry,
+        base: list[tuple[str, str]] | tuple[tuple[str, str], ...],
+        extra: list[tuple[str, str]],
+    ) -> Reply:
+        """206 with the one range asked for, 416 when none of it exists, else the whole 200."""
+        length = len(entry.body)
+        wanted = ranges.requested_range(req.headers.get("Range"), length)
+        if_range = req.headers.get("If-Range")
+        if wanted is None or not ranges.if_range_allows(if_range, entry.etag, entry.last_modified):
+            return Reply(entry.status, [*base, *extra], entry.body)
+        if isinstance(wanted, ranges.ByteRange):
+            part = entry.body[wanted.first : wanted.last + 1]
+            content_range = ("Content-Range", wanted.content_range(length))
+            return Reply(206, [*base, *extra, content_range], part)
+        kept = [(k, v) for k, v in base if k.lower() in _NOT_MODIFIED_FIELDS]
+        return Reply(416, [*kept, *extra, ("Content-Range", f"bytes */{length}")])
 
     def error_reply(
         self, status: int, reason: str, *, fwd: str, retry_after: float | None = None

@@ -395,3 +395,23 @@ async def test_an_origin_answering_garbage_gets_a_clean_502_naming_it(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_range_is_served_from_the_complete_cached_response_rfc9110_14(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    path = spec("/ranged", "Cache-Control:max-age=60", 'ETag:"r1"', body="0123456789")
+    first, body = await get(http, gw, path, headers={"Range": "bytes=2-4"})
+    assert (first.status, body, first.headers["X-Cache"]) == (206, b"234", "MISS")
+    assert first.headers["Content-Range"] == "bytes 2-4/10"
+    hit, body = await get(http, gw, path, headers={"Range": "bytes=-3"})
+    assert (hit.status, body, hit.headers["X-Cache"]) == (206, b"789", "HIT")
+    assert hit.headers["Content-Length"] == "3"
+    gone, _ = await get(http, gw, path, headers={"Range": "bytes=10-"})
+    assert (gone.status, gone.headers["Content-Range"]) == (416, "bytes */10")
+    stale_tag, body = await get(http, gw, path, headers={"Range": "bytes=0-1", "If-Range": '"old"'})
+    assert (stale_tag.status, body) == (200, b"0123456789")
+    several, body = await get(http, gw, path, headers={"Range": "bytes=0-1, 3-4"})
+    assert (several.status, body) == (200, b"0123456789")
+    assert await origin_count(echo_origin) == 1  # the fill asked for the whole representation

@@ -33,6 +33,9 @@ Headers = Any  # multidict.CIMultiDict[str] / CIMultiDictProxy[str]: case-insens
 # RFC 9110 15.1 plus 9111 4.2.2: statuses a cache may store without explicit freshness. 206 is
 # left out on purpose: the gateway does not combine or serve ranges.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+# Statuses whose caching requirements this cache implements, for must-understand (RFC 9111
+# 5.2.2.3): the heuristically cacheable ones plus the redirects it stores with explicit freshness.
+UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 303, 307}
 
 # Cache-Control directives that make a targeted field (RFC 9213) worth obeying; a field with
 # none of them is treated as absent, as RFC 9213 2.2 asks for an empty or invalid field.
@@ -109,6 +112,13 @@ class _Directives:
     def no_store(self) -> bool:
         surrogate = self.surrogate or {}
         return "no-store" in self.cc or "no-store" in surrogate
+
+    def forbids_storing(self, status: int) -> bool:
+        """no-store, unless must-understand comes with a status whose rules this cache
+        implements: that no-store is meant for caches that do not (RFC 9111 5.2.2.3)."""
+        if "must-understand" in self.cc and status in UNDERSTOOD_STATUSES:
+            return "no-store" in (self.surrogate or {})
+        return self.no_store
 
     @property
     def must_revalidate(self) -> bool:
@@ -199,8 +209,8 @@ def storable(method: str, status: int, req_headers: Headers, resp_headers: Heade
              rules: RouteRules) -> str | None:
     """None when a shared cache may store the response (RFC 9111 3, 3.5), else the reason.
 
-    Reasons: "method", "status", "no-store", "private", "authorization", "vary-star",
-    "set-cookie", "no-freshness". Cache-Control private / no-store are ignored when a
+    Reasons: "method", "status", "must-understand", "no-store", "private", "authorization",
+    "vary-star", "set-cookie", "no-freshness". Cache-Control private / no-store are ignored when a
     CDN-Cache-Control field wins (RFC 9213 2.2); Surrogate-Control only overrides the lifetime.
     A response with no explicit freshness and no validator is refused as "no-freshness": it
     could never be reused (heuristic freshness needs Last-Modified, which is a validator).
@@ -212,7 +222,9 @@ def storable(method: str, status: int, req_headers: Headers, resp_headers: Heade
     if "no-store" in _request_directives(req_headers):
         return "no-store"  # RFC 9111 5.2.1.5
     d = _effective(resp_headers, rules)
-    if d.no_store:
+    if "must-understand" in d.cc and status not in UNDERSTOOD_STATUSES:
+        return "must-understand"  # RFC 9111 5.2.2.3
+    if d.forbids_storing(status):
         return "no-store"  # RFC 9111 5.2.2.5
     if d.private:
         return "private"  # RFC 9111 5.2.2.7
@@ -281,7 +293,7 @@ def freshness(status: int, resp_headers: Headers, response_time: float,
     (RFC 9111 4.2.4): then both windows are 0, whatever the origin or the route asked for.
     """
     d = _effective(resp_headers, rules)
-    forbidden = d.must_revalidate or d.no_cache or d.no_store
+    forbidden = d.must_revalidate or d.no_cache or d.forbids_storing(status)
     swr = "stale-while-revalidate"
     sie = "stale-if-error"
     return Freshness(

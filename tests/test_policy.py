@@ -217,6 +217,14 @@ def test_only_the_targeted_field_that_was_obeyed_is_consumed_rfc9213_2_2() -> No
     assert consumed_field(h(cc), RULES) is None
 
 
+def test_must_understand_lifts_no_store_for_a_status_the_cache_implements_rfc9111_5_2_2_3(
+) -> None:
+    cc = ("Cache-Control", "max-age=3600, no-store, must-understand")
+    assert storable("GET", 200, h(), h(cc), RULES) is None
+    assert storable("GET", 299, h(), h(cc), RULES) == "must-understand"
+    assert store(("Cache-Control", "max-age=3600, no-store")) == "no-store"
+
+
 def test_surrogate_control_no_store_is_not_stored_edge_arch_1_0() -> None:
     assert store(("Cache-Control", "max-age=60"), ("Surrogate-Control", "no-store")) == "no-store"
 

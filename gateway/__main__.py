@@ -13,7 +13,7 @@ from aiohttp import web
 from gateway import cli
 from gateway.admin import admin_app
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.server import Gateway, public_app
+from gateway.server import Gateway, public_server
 
 log = logging.getLogger("gateway")
 
@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(config: GatewayConfig) -> None:
     gateway = Gateway(config)
-    runners = [web.AppRunner(public_app(gateway), access_log=None, handler_cancellation=True)]
+    await gateway.start()
+    runners: list[web.BaseRunner] = [web.ServerRunner(public_server(gateway))]
     sites = [(runners[0], config.listen.host, config.listen.port)]
     if config.admin.listen is not None:
         admin = web.AppRunner(admin_app(gateway), access_log=None)
@@ -50,6 +51,7 @@ async def serve(config: GatewayConfig) -> None:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        await gateway.stop()
 
 
 def is_admin_command(argv: list[str]) -> bool:

@@ -10,10 +10,11 @@ import asyncio
 import json
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
 from gateway import policy, ranges
 from gateway.coalesce import SingleFlight
@@ -39,6 +40,8 @@ from gateway.upstream import (
 )
 
 PASS_MEMORY = 10_000  # keys remembered as "pass" at most
+URL_MEMORY = 4096  # (route, host, target) -> normalised URL and tenant, remembered for hits
+URL_MEMORY_TARGET = 1024  # longer request targets are normalised each time, not remembered
 TENANT_STATS = 10_000  # tenants with counters of their own
 OTHER_TENANTS = "_other"
 HOSTS_PER_TENANT = 64  # hosts remembered per tenant, for purges by path
@@ -54,7 +57,6 @@ class Incoming:
     host: str
     path: str
     raw_path_qs: str
-    query: Mapping[str, str]
     headers: CIMultiDictProxy[str] | CIMultiDict[str]
     client_ip: str | None
 
@@ -150,6 +152,8 @@ class Cache:
         self.counters: Counter[str] = Counter()
         self.tenant_counters: dict[str, Counter[str]] = {}
         self.tenant_hosts: dict[str, set[tuple[str, str]]] = {}  # (scheme, host) seen
+        # Normalising a URL costs more than the rest of a hit; clear it when routes change.
+        self.url_memory: dict[tuple[str, str, str, str], tuple[str, str | None]] = {}
 
     def count(self, event: str, tenant: str, n: int = 1) -> None:
         """Global and per-tenant counters; tenants past TENANT_STATS share one bucket, since
@@ -170,16 +174,41 @@ class Cache:
         return since
 
     def locate(self, req: Incoming, route: Route) -> Lookup:
-        tenant = tenant_of(
-            route.cfg.tenant, host=req.host, path=req.path, query=req.query, headers=req.headers
-        )
+        url, tenant = self._url_and_tenant(req, route)
+        generation = self.generations.key_part(tenant)
+        return Lookup(req, route, tenant, url, primary_key(tenant, generation, "GET", url))
+
+    def _url_and_tenant(self, req: Incoming, route: Route) -> tuple[str, str]:
+        """The normalised URL and the tenant of a request, remembered per (route, host, target);
+        a tenant taken from a header is not a function of those, so it is found each time."""
+        memo_key = (route.name, req.scheme, req.host, req.raw_path_qs)
+        known = self.url_memory.get(memo_key)
+        if known is not None:
+            url, tenant = known
+            return url, tenant if tenant is not None else self._tenant(req, route)
         url = normalize_url(req.scheme, req.host, req.raw_path_qs, route.cfg.cache.ignore_query)
+        tenant = self._tenant(req, route)
         hosts = self.tenant_hosts.setdefault(tenant, set())
         if len(hosts) < HOSTS_PER_TENANT:
             scheme, _, host = url.split("/", 3)[:3]  # normalised: scheme://host/...
             hosts.add((scheme.rstrip(":"), host))
-        generation = self.generations.key_part(tenant)
-        return Lookup(req, route, tenant, url, primary_key(tenant, generation, "GET", url))
+        if len(req.raw_path_qs) <= URL_MEMORY_TARGET:
+            if len(self.url_memory) >= URL_MEMORY:
+                del self.url_memory[next(iter(self.url_memory))]  # the oldest goes
+            by_header = route.cfg.tenant is not None and route.cfg.tenant.header is not None
+            self.url_memory[memo_key] = (url, None if by_header else tenant)
+        return url, tenant
+
+    @staticmethod
+    def _tenant(req: Incoming, route: Route) -> str:
+        query = req.raw_path_qs.partition("?")[2]
+        return tenant_of(
+            route.cfg.tenant,
+            host=req.host,
+            path=req.path,
+            query=MultiDict(parse_qsl(query, keep_blank_values=True)),
+            headers=req.headers,
+        )
 
     async def serve(self, req: Incoming, route: Route) -> Reply:
         """Answer a GET or HEAD on a cached route."""
@@ -202,8 +231,8 @@ class Cache:
         if soft_since is not None and now - soft_since >= self.bust_grace:
             entry = None  # past the grace a soft-busted entry counts as a miss
         fwd = "uri-miss"
-        only_if_cached = "only-if-cached" in policy.parse_cache_control(
-            req.headers.getall("Cache-Control", [])
+        only_if_cached = "Cache-Control" in req.headers and "only-if-cached" in (
+            policy.parse_cache_control(req.headers.getall("Cache-Control"))
         )
         if entry is not None:
             verdict = policy.judge(

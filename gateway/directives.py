@@ -6,6 +6,7 @@ would turn a caching hint into an outage, so nothing here raises on any input.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -218,6 +219,7 @@ def weak_tag(tag: str) -> str:
     return tag[2:] if tag.startswith("W/") else tag
 
 
+@functools.lru_cache(maxsize=256)  # a handful of names and details, formatted on every reply
 def sf_item(text: str) -> str:
     """An RFC 8941 sf-token when `text` is one, else an sf-string (escaped, printable ASCII only,
     other characters replaced by `?` since sf-strings cannot carry them)."""

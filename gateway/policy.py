@@ -181,7 +181,8 @@ def _request_directives(req_headers: Headers) -> dict[str, str | None]:
     values = _all(req_headers, "Cache-Control")
     if values:
         return parse_cache_control(values)
-    if "no-cache" in parse_cache_control(_all(req_headers, "Pragma")):
+    pragma = _all(req_headers, "Pragma")
+    if pragma and "no-cache" in parse_cache_control(pragma):
         return {"no-cache": None}
     return {}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway import policy
 from gateway.cache import Cache, Incoming, Reply
@@ -19,20 +18,19 @@ NO_BODY_STATUSES = frozenset({204, 304})
 CHUNK = 64 * 1024
 
 
-def incoming(request: web.Request) -> Incoming:
+def incoming(request: web.BaseRequest) -> Incoming:
     return Incoming(
         method=request.method,
         scheme=request.scheme,
         host=request.host,
         path=request.path,
         raw_path_qs=request.raw_path,
-        query=request.query,
         headers=request.headers,
         client_ip=request.remote,
     )
 
 
-async def forward(request: web.Request, req: Incoming, route: Route, cache: Cache) -> Reply:
+async def forward(request: web.BaseRequest, req: Incoming, route: Route, cache: Cache) -> Reply:
     """Any method, bodies streamed both ways; unsafe successes invalidate the cached URL."""
     upstream = cache.upstreams[route.cfg.origin]
     headers = upstream_request_headers(
@@ -67,9 +65,9 @@ async def forward(request: web.Request, req: Incoming, route: Route, cache: Cach
     return Reply(resp.status, out, stream=resp)
 
 
-async def write(request: web.Request, reply: Reply) -> web.StreamResponse:
+async def write(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
     """Send a reply; HEAD, 204 and 304 carry no body (Content-Length of the full body kept)."""
-    headers = CIMultiDict(reply.headers)
+    headers = reply.headers  # aiohttp copies them into its own CIMultiDict once
     bodyless = request.method == "HEAD" or reply.status in NO_BODY_STATUSES
     if reply.stream is None:
         # aiohttp keeps Content-Length = len(body) for HEAD and sends no body.

@@ -22,6 +22,7 @@ class Route:
     host_pattern: str
     path_prefix: str
     methods: frozenset[str] | None
+    host_is_glob: bool = True
 
     @property
     def name(self) -> str:
@@ -36,6 +37,8 @@ class Route:
             return False
         if not path.startswith(self.path_prefix):
             return False
+        if not self.host_is_glob:
+            return host == self.host_pattern
         return self.host_pattern == "*" or fnmatchcase(host, self.host_pattern)
 
 
@@ -49,7 +52,9 @@ def compile_route(cfg: RouteConfig) -> Route:
         max_sie=c.max_stale_if_error,
     )
     methods = frozenset(m.upper() for m in cfg.match.methods) if cfg.match.methods else None
-    return Route(cfg, rules, cfg.match.host.lower(), cfg.match.path_prefix, methods)
+    host = cfg.match.host.lower()
+    is_glob = any(c in host for c in "*?[")
+    return Route(cfg, rules, host, cfg.match.path_prefix, methods, is_glob)
 
 
 class Router:

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from yarl import URL
@@ -103,6 +104,7 @@ class Gateway:
             retired.append(upstreams.pop(name))
         self.config = config
         self.router = Router(config)
+        self.cache.url_memory.clear()  # route names may now stand for other rules
         self.upstreams = self.cache.upstreams = upstreams
         c = config.cache
         self.store.max_bytes = c.memory.max_bytes
@@ -168,7 +170,11 @@ class Gateway:
         self.cache.count("soft_busts" if soft else "hard_busts", tenant)
         return result
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The public listener's handler: `handle`, with errors answered as JSON."""
+        return await json_errors(request, self.handle)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         route = self.router.match(request.host, request.path, request.method)
         if route is None:
             return json_response(404, {"error": "no route matches", "path": request.path})
@@ -201,11 +207,10 @@ async def _close_later(upstream: Upstream) -> None:
     await upstream.close()
 
 
-@web.middleware
-async def errors_as_json(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+async def json_errors(
+    request: web.BaseRequest, handler: Callable[[Any], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """No traceback page ever: unexpected errors become a JSON 500 and a log line."""
+    """No traceback page ever: client errors and unexpected ones become JSON (and a log line)."""
     try:
         return await handler(request)
     except JsonError as exc:
@@ -218,17 +223,15 @@ async def errors_as_json(
         return json_response(500, {"error": "internal gateway error"})
 
 
-def public_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json])
-    app[GATEWAY_KEY] = gateway
-    app.router.add_route("*", "/{tail:.*}", gateway.handle)
+@web.middleware
+async def errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    return await json_errors(request, handler)
 
-    async def on_startup(_: web.Application) -> None:
-        await gateway.start()
 
-    async def on_cleanup(_: web.Application) -> None:
-        await gateway.stop()
-
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
-    return app
+def public_server(gateway: Gateway) -> web.Server:
+    """The public listener: every request goes to `Gateway.respond`, so it is a low-level
+    server with no router or middleware chain to pay for on each hit. The caller runs
+    `gateway.start()` before serving and `gateway.stop()` after."""
+    return web.Server(gateway.respond, handler_cancellation=True, access_log=None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.admin import admin_app
 from gateway.config import load_config
-from gateway.server import Gateway, public_app
+from gateway.server import Gateway
 from tests.echo_origin import create_echo_app
 
 BASE_YAML = """\
@@ -46,8 +46,9 @@ async def echo_origin(aiohttp_server) -> TestServer:  # type: ignore[no-untyped-
 
 
 @pytest.fixture
-async def make_gateway(aiohttp_server, tmp_path: Path) -> GatewayFactory:  # type: ignore[no-untyped-def]
+async def make_gateway(aiohttp_raw_server, tmp_path: Path) -> AsyncIterator[GatewayFactory]:  # type: ignore[no-untyped-def]
     """Start a gateway in front of `origin_url`; options fill the BASE_YAML template."""
+    started: list[Gateway] = []
 
     async def start(
         origin_url: str,
@@ -74,10 +75,14 @@ async def make_gateway(aiohttp_server, tmp_path: Path) -> GatewayFactory:  # typ
         path = tmp_path / "gateway.yaml"
         path.write_text(textwrap.dedent(text))
         gateway = Gateway(load_config(path, env={}))
-        server = await aiohttp_server(public_app(gateway))
+        await gateway.start()
+        started.append(gateway)
+        server = await aiohttp_raw_server(gateway.respond)
         return server, gateway
 
-    return start
+    yield start
+    for gateway in started:
+        await gateway.stop()
 
 
 @pytest.fixture

@@ -331,3 +331,20 @@ async def test_origin_publish_soft_busts_the_project_and_the_new_version_goes_li
     assert resp.headers["ETag"] != first.headers["ETag"]
     assert b"version=2" in body
     assert (await get(http, gw, other))[0].headers["X-Cache"] == "HIT"
+
+
+async def test_reload_that_changes_key_rules_applies_to_urls_seen_before(
+    admin: Admin, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "gateway.yaml"
+    rule = "tenant: {query: projectId}"
+    ignoring = rule + '\n    cache: {ignore_query: ["utm_*"]}'
+    config_file.write_text(config_file.read_text().replace(rule, ignoring))
+    assert (await admin.call("/admin/reload", {}))[0] == 200
+    plain = spec("/k", CACHED, projectId="a")
+    tracked = plain + "&utm_x=1"
+    await warm(admin, plain)
+    assert await admin.x_cache(tracked) == "HIT"  # utm_* is not part of the key
+    config_file.write_text(config_file.read_text().replace(ignoring, rule))
+    assert (await admin.call("/admin/reload", {}))[0] == 200
+    assert await admin.x_cache(tracked) == "MISS"  # now it is, also for a URL seen before

@@ -174,3 +174,20 @@ async def test_soft_bust_of_many_hot_keys_stays_within_the_background_budget(
     assert all(r.headers["X-Cache"] == "HIT" for r in after)
     assert after[0].headers["ETag"] != warm[0][0].headers["ETag"]  # p1 was republished
     assert after[1].headers["ETag"] == warm[1][0].headers["ETag"]  # p2 revalidated, unchanged
+
+
+async def test_a_tenant_taken_from_a_header_is_found_per_request_not_remembered(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    yaml_text = tenant_yaml(str(echo_origin.make_url("/"))).replace(
+        "tenant: {query: projectId}", "tenant: {header: X-Tenant}"
+    )
+    gw, gateway = await make_gateway("", yaml_text=yaml_text)
+    path = spec("/same", CACHED)
+    for tenant in ("red", "blue"):
+        first, _ = await get(http, gw, path, headers={"X-Tenant": tenant})
+        again, _ = await get(http, gw, path, headers={"X-Tenant": tenant})
+        assert (first.headers["X-Cache"], again.headers["X-Cache"]) == ("MISS", "HIT"), tenant
+    tenants = gateway.stats()["tenants"]
+    assert isinstance(tenants, dict)
+    assert tenants["red"]["entries"] == tenants["blue"]["entries"] == 1

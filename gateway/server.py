@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from yarl import URL
@@ -172,7 +171,10 @@ class Gateway:
 
     async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
         """The public listener's handler: `handle`, with errors answered as JSON."""
-        return await json_errors(request, self.handle)
+        try:
+            return await self.handle(request)
+        except Exception as exc:
+            return error_response(request, exc)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         route = self.router.match(request.host, request.path, request.method)
@@ -207,27 +209,25 @@ async def _close_later(upstream: Upstream) -> None:
     await upstream.close()
 
 
-async def json_errors(
-    request: web.BaseRequest, handler: Callable[[Any], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def error_response(request: web.BaseRequest, exc: Exception) -> web.Response:
     """No traceback page ever: client errors and unexpected ones become JSON (and a log line)."""
-    try:
-        return await handler(request)
-    except JsonError as exc:
+    if isinstance(exc, JsonError):
         payload = {"error": exc.reason, "status": exc.status, **exc.details}
         return json_response(exc.status, payload, exc.headers)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         return json_response(exc.status, {"error": exc.reason, "status": exc.status})
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response(500, {"error": "internal gateway error"})
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return json_response(500, {"error": "internal gateway error"})
 
 
 @web.middleware
 async def errors_as_json(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    return await json_errors(request, handler)
+    try:
+        return await handler(request)
+    except Exception as exc:
+        return error_response(request, exc)
 
 
 def public_server(gateway: Gateway) -> web.Server:

@@ -44,7 +44,6 @@ URL_MEMORY = 4096  # (route, host, target) -> normalised URL and tenant, remembe
 URL_MEMORY_TARGET = 1024  # longer request targets are normalised each time, not remembered
 TENANT_STATS = 10_000  # tenants with counters of their own
 OTHER_TENANTS = "_other"
-HOSTS_PER_TENANT = 64  # hosts remembered per tenant, for purges by path
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +150,6 @@ class Cache:
         self.pass_until: OrderedDict[str, float] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self.tenant_counters: dict[str, Counter[str]] = {}
-        self.tenant_hosts: dict[str, set[tuple[str, str]]] = {}  # (scheme, host) seen
         # Normalising a URL costs more than the rest of a hit; clear it when routes change.
         self.url_memory: dict[tuple[str, str, str, str], tuple[str, str | None]] = {}
 
@@ -188,10 +186,6 @@ class Cache:
             return url, tenant if tenant is not None else self._tenant(req, route)
         url = normalize_url(req.scheme, req.host, req.raw_path_qs, route.cfg.cache.ignore_query)
         tenant = self._tenant(req, route)
-        hosts = self.tenant_hosts.setdefault(tenant, set())
-        if len(hosts) < HOSTS_PER_TENANT:
-            scheme, _, host = url.split("/", 3)[:3]  # normalised: scheme://host/...
-            hosts.add((scheme.rstrip(":"), host))
         if len(req.raw_path_qs) <= URL_MEMORY_TARGET:
             if len(self.url_memory) >= URL_MEMORY:
                 del self.url_memory[next(iter(self.url_memory))]  # the oldest goes

@@ -59,6 +59,7 @@ class Gateway:
             config.cache.memory.max_bytes,
             config.cache.memory.max_object_bytes,
             tenant_quota=config.tenant_quota,
+            on_evict=lambda entry: self.cache.count("evictions", entry.tenant),
         )
         self.upstreams = {name: Upstream(name, cfg) for name, cfg in config.origins.items()}
         self._retiring: dict[asyncio.Task[None], Upstream] = {}
@@ -134,8 +135,9 @@ class Gateway:
         soft_at = time.time() if soft else None
         if urls is not None:
             count = 0
+            sites = await self.store.sites(tenant)
             for url in urls:
-                for full in self._normalised(tenant, url):
+                for full in self._normalised(url, sites):
                     count += await self.store.purge_url(tenant, full, soft_at)
         elif prefix is not None:
             count = await self.store.purge_prefix(tenant, prefix, soft_at)
@@ -146,14 +148,14 @@ class Gateway:
         self.cache.count("soft_purged" if soft else "purged", tenant, count)
         return count
 
-    def _normalised(self, tenant: str, url: str) -> list[str]:
-        """A purge URL as stored: absolute as given, or a path on every host the tenant used."""
+    def _normalised(self, url: str, sites: list[str]) -> list[str]:
+        """A purge URL as stored: absolute as given, or a path on each of the tenant's sites."""
         parsed = URL(url, encoded=True)
         if parsed.is_absolute():
             targets = [(parsed.scheme, parsed.raw_authority)]
             raw = url.split(parsed.raw_authority, 1)[1] or "/"
         else:
-            targets = sorted(self.cache.tenant_hosts.get(tenant, ()))
+            targets = [(site.partition("://")[0], site.partition("://")[2]) for site in sites]
             raw = url
         out = []
         for scheme, host in targets:

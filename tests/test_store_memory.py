@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -167,7 +168,11 @@ async def test_on_evict_hook_only_for_capacity_evictions() -> None:
 
 async def test_noisy_tenant_evicts_only_its_own_entries() -> None:
     quotas = {"noisy": 3000}
-    store = MemoryStore(max_bytes=10_000, max_object_bytes=2000, tenant_quota=quotas.get)
+    evicted: Counter[str] = Counter()
+    store = MemoryStore(
+        max_bytes=10_000, max_object_bytes=2000, tenant_quota=quotas.get,
+        on_evict=lambda e: evicted.update([e.tenant]),
+    )
     for i in range(4):
         assert await store.put(sized(f"q{i}", 1000, tenant="quiet"))
     for i in range(20):
@@ -176,9 +181,10 @@ async def test_noisy_tenant_evicts_only_its_own_entries() -> None:
     assert all([await store.get(f"q{i}") is not None for i in range(4)])
     assert [k for k in keys(store) if k.startswith("n")] == ["n17", "n18", "n19"]
     stats = store.stats()
-    assert stats["tenants"]["noisy"] == {"entries": 3, "bytes": 3000, "evictions": 17}
-    assert stats["tenants"]["quiet"] == {"entries": 4, "bytes": 4000, "evictions": 0}
+    assert stats["tenants"]["noisy"] == {"entries": 3, "bytes": 3000}
+    assert stats["tenants"]["quiet"] == {"entries": 4, "bytes": 4000}
     assert stats["evictions"] == 17
+    assert evicted == {"noisy": 17}
     store.check_invariants()
 
 
@@ -195,13 +201,39 @@ async def test_tenant_quota_evicts_tenant_lru_not_global_lru() -> None:
 
 
 async def test_global_bound_still_applies_across_tenants() -> None:
-    store = MemoryStore(max_bytes=3000, max_object_bytes=3000, tenant_quota=lambda t: 2000)
+    evicted: list[str] = []
+    store = MemoryStore(
+        max_bytes=3000, max_object_bytes=3000, tenant_quota=lambda t: 2000,
+        on_evict=lambda e: evicted.append(e.tenant),
+    )
     await store.put(sized("a1", 1000, tenant="a"))
     await store.put(sized("b1", 1000, tenant="b"))
     await store.put(sized("c1", 1000, tenant="c"))
     await store.put(sized("d1", 1000, tenant="d"))
     assert keys(store) == ["b1", "c1", "d1"]
-    assert store.stats()["tenants"]["a"]["evictions"] == 1
+    assert evicted == ["a"]
+    assert "a" not in store.stats()["tenants"]  # holds nothing: forgotten
+    store.check_invariants()
+
+
+async def test_tenants_that_hold_nothing_cost_nothing() -> None:
+    store = MemoryStore(max_bytes=5000, max_object_bytes=1000)
+    for i in range(1000):  # client-invented tenant names, each pushed out by the next ones
+        await store.put(sized(f"k{i}", 1000, tenant=f"t{i}"))
+    assert len(store._tenants) == len(store) == 5
+    store.check_invariants()
+
+
+async def test_sites_are_the_hosts_of_the_tenants_entries() -> None:
+    store = MemoryStore(max_bytes=100_000, max_object_bytes=10_000)
+    await store.put(make("1", tenant="a", url="http://one.example/x"))
+    await store.put(make("2", tenant="a", url="https://two.example:8443/y?q=1"))
+    await store.put(make("3", tenant="a", url="http://one.example/z"))
+    await store.put(make("4", tenant="b", url="http://three.example/"))
+    assert await store.sites("a") == ["http://one.example", "https://two.example:8443"]
+    await store.delete("2")
+    assert await store.sites("a") == ["http://one.example"]
+    assert await store.sites("nobody") == []
     store.check_invariants()
 
 
@@ -220,7 +252,7 @@ async def test_purge_tenant() -> None:
     assert store.tenant_bytes("a") == 0
     assert ("a", "t:all") not in store._index
     assert len(store._index[("b", "t:all")]) == 5
-    assert len(store._tenants["a"].lru) == 0
+    assert "a" not in store._tenants
     store.check_invariants()
 
 

@@ -53,7 +53,7 @@ async def test_tenant_over_quota_evicts_only_its_own_entries(
     assert isinstance(tenants, dict)
     assert tenants["noisy"]["bytes"] <= 24 * 1024
     assert tenants["noisy"]["evictions"] > 0
-    assert tenants["quiet"]["evictions"] == 0
+    assert tenants["quiet"].get("evictions", 0) == 0
     assert tenants["quiet"]["hit"] == 5
 
 

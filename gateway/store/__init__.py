@@ -86,3 +86,7 @@ class Store(Protocol):
     async def purge_url(self, tenant: str, url: str, soft_at: float | None = None) -> int:
         """Every variant of one normalised URL."""
         ...
+
+    async def sites(self, tenant: str) -> list[str]:
+        """The `scheme://host[:port]` the tenant's entries are on (for purges by path)."""
+        ...

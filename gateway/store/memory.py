@@ -7,7 +7,7 @@ updated together in `_insert` / `_remove`, the only two places that change an en
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +30,13 @@ class _Slot:
 
 @dataclass(slots=True)
 class _Tenant:
-    """Per-tenant LRU order (oldest first) doubling as the tenant's key index."""
+    """Per-tenant LRU order (oldest first) doubling as the tenant's key index, and the sites
+    (`scheme://host`) its entries are on, for purges by path. Exists only while it holds entries,
+    so tenant names a client invents cost nothing once their entries are gone."""
 
     lru: OrderedDict[str, None] = field(default_factory=OrderedDict)
     bytes: int = 0
-    evictions: int = 0
+    sites: Counter[str] = field(default_factory=Counter)
 
 
 def _no_quota(tenant: str) -> int | None:
@@ -63,6 +65,13 @@ def _prefix_matcher(url_prefix: str) -> Callable[[str], bool]:
         return lambda url: url.startswith(absolute)
     path = url_prefix if url_prefix.startswith("/") else "/" + url_prefix
     return lambda url: _path_and_query(url).startswith(path)
+
+
+def _site(url: str) -> str:
+    """`scheme://host[:port]` of a normalised URL."""
+    scheme_end = url.find("://")
+    slash = url.find("/", scheme_end + 3 if scheme_end != -1 else 0)
+    return url if slash == -1 else url[:slash]
 
 
 def _index_names(entry: Entry) -> list[str]:
@@ -220,6 +229,11 @@ class MemoryStore:
 
     # -- introspection -------------------------------------------------------------------
 
+    async def sites(self, tenant: str) -> list[str]:
+        """The `scheme://host` of the tenant's entries, so a purge by path can reach them all."""
+        state = self._tenants.get(tenant)
+        return [] if state is None else sorted(state.sites)
+
     def tenant_bytes(self, tenant: str) -> int:
         state = self._tenants.get(tenant)
         return 0 if state is None else state.bytes
@@ -234,8 +248,7 @@ class MemoryStore:
             "vary_entries": len(self._vary),
             "vary_bytes": self._vary_bytes,
             "tenants": {
-                name: {"entries": len(t.lru), "bytes": t.bytes, "evictions": t.evictions}
-                for name, t in self._tenants.items()
+                name: {"entries": len(t.lru), "bytes": t.bytes} for name, t in self._tenants.items()
             },
         }
 
@@ -250,6 +263,11 @@ class MemoryStore:
         for name, t in self._tenants.items():
             keys = set(t.lru)
             tenant_keys |= keys
+            if not keys:
+                problems.append(f"tenant {name!r} kept without entries")
+            held = Counter(_site(self._lru[k].entry.url) for k in keys if k in self._lru)
+            if held != t.sites:
+                problems.append(f"tenant {name!r} sites != its entries' sites")
             if any(self._lru[k].entry.tenant != name for k in keys if k in self._lru):
                 problems.append(f"tenant {name!r} indexes another tenant's key")
             if t.bytes != sum(self._lru[k].size for k in keys if k in self._lru):
@@ -279,6 +297,7 @@ class MemoryStore:
             tenant = self._tenants[entry.tenant] = _Tenant()
         tenant.lru[entry.key] = None
         tenant.bytes += size
+        tenant.sites[_site(entry.url)] += 1
         self._bytes += size
         for name in _index_names(entry):
             self._index.setdefault((entry.tenant, name), set()).add(entry.key)
@@ -289,6 +308,12 @@ class MemoryStore:
         tenant = self._tenants[entry.tenant]
         del tenant.lru[key]
         tenant.bytes -= slot.size
+        site = _site(entry.url)
+        tenant.sites[site] -= 1
+        if not tenant.sites[site]:
+            del tenant.sites[site]
+        if not tenant.lru:
+            del self._tenants[entry.tenant]
         self._bytes -= slot.size
         for name in _index_names(entry):
             index = (entry.tenant, name)
@@ -302,7 +327,6 @@ class MemoryStore:
     def _evict(self, key: str) -> Entry:
         entry = self._remove(key)
         self._evictions += 1
-        self._tenants[entry.tenant].evictions += 1
         return entry
 
     @staticmethod

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.key import accept_encoding_bucket
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -24,6 +26,26 @@ HOP_BY_HOP = frozenset(
 # representation, and the gateway answers the client's conditionals itself.
 CLIENT_CONDITIONALS = frozenset(
     {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"}
+)
+
+# Request fields some origins trust to rewrite the URL, host, scheme or method. A fill's response
+# is shared, so one client's value must not shape what everybody gets (cache poisoning); the
+# gateway sends its own X-Forwarded-For/Proto/Host instead.
+OVERRIDE_FIELDS = frozenset(
+    {
+        "forwarded",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-host",
+    }
 )
 
 TAG_FIELDS = frozenset({"surrogate-key", "cache-tag", "cache-groups"})
@@ -57,15 +79,20 @@ def upstream_request_headers(
     host: str | None,
     for_fill: bool,
 ) -> CIMultiDict[str]:
-    """Headers for the origin: hygiene, X-Forwarded-*, Via; a fill drops the client's conditionals.
+    """Headers for the origin: hygiene, X-Forwarded-*, Via.
 
-    `host` replaces Host (None keeps the client's). Accept-Encoding is passed as the client sent
-    it and never added, so origins compress only for clients that asked.
+    `host` replaces Host (None keeps the client's). Accept-Encoding is never added, so origins
+    compress only for clients that asked. A fill, whose response is shared, also drops the
+    client's conditionals and Range (the stored copy is the whole representation), the override
+    fields, and sends Accept-Encoding as the bucket the cache key uses, so the variant stored
+    for a bucket is one every client in it accepts.
     """
     drop = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host"}
     if for_fill:
-        drop |= CLIENT_CONDITIONALS
+        drop |= CLIENT_CONDITIONALS | OVERRIDE_FIELDS
     out = CIMultiDict(end_to_end(headers, drop))
+    if for_fill and "Accept-Encoding" in out:
+        out["Accept-Encoding"] = accept_encoding_bucket(", ".join(out.getall("Accept-Encoding")))
     client_host = headers.get("Host", "")
     out["Host"] = host if host is not None else client_host
     prior = ", ".join(headers.getall("X-Forwarded-For", []))

@@ -415,3 +415,27 @@ async def test_a_range_is_served_from_the_complete_cached_response_rfc9110_14(
     several, body = await get(http, gw, path, headers={"Range": "bytes=0-1, 3-4"})
     assert (several.status, body) == (200, b"0123456789")
     assert await origin_count(echo_origin) == 1  # the fill asked for the whole representation
+
+
+async def test_a_fill_sends_no_client_override_fields_and_the_encoding_bucket(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    poison = {
+        "Forwarded": "host=evil.example;proto=https",
+        "X-Original-URL": "/admin",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Scheme": "nothttp",
+        "Accept-Encoding": "gzip, deflate",
+    }
+    resp, body = await get(http, gw, spec("/filled", "Cache-Control:max-age=60", body="echo"),
+                           headers=poison)
+    seen = json.loads(body)
+    assert resp.headers["X-Cache"] == "MISS"
+    for name in ("Forwarded", "X-Original-URL", "X-HTTP-Method-Override", "X-Forwarded-Scheme"):
+        assert name not in seen, name
+    assert seen["X-Forwarded-Host"] != "evil.example"  # the gateway's own, from the keyed Host
+    assert seen["Accept-Encoding"] == "gzip"  # the bucket the key uses, accepted by all in it
+    async with http.post(gw.make_url("/nocache/x?body=echo"), headers=poison) as passed:
+        assert json.loads(await passed.read())["X-Original-URL"] == "/admin"  # never shared

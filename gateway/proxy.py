@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 from aiohttp import web
 
 from gateway import policy
@@ -84,8 +85,10 @@ async def write(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
                 await resp.write(chunk)
         await resp.write_eof()
         return resp
-    except (ConnectionError, OSError, TimeoutError) as exc:
-        # Headers are gone already: the only honest signal left is to cut the connection.
+    except (ConnectionError, OSError, TimeoutError, aiohttp.ClientError) as exc:
+        # The client went away, or the origin did mid-body. Headers are gone already (with a
+        # Content-Length the client would wait for): the only honest signal is to cut the
+        # connection.
         log.warning("stream aborted for %s: %s", request.path, type(exc).__name__)
         if request.transport is not None:
             request.transport.close()

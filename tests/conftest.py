@@ -99,6 +99,8 @@ async def start_admin(aiohttp_server) -> Callable[[Gateway], Awaitable[TestServe
 async def http() -> aiohttp.ClientSession:  # type: ignore[misc]
     """A plain client: no cookies kept, no decompression, so tests see what was sent."""
     async with aiohttp.ClientSession(
-        cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=30),  # a hang fails the test instead of stalling CI
     ) as session:
         yield session

@@ -8,6 +8,7 @@ import json
 import tracemalloc
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
@@ -439,3 +440,30 @@ async def test_a_fill_sends_no_client_override_fields_and_the_encoding_bucket(
     assert seen["Accept-Encoding"] == "gzip"  # the bucket the key uses, accepted by all in it
     async with http.post(gw.make_url("/nocache/x?body=echo"), headers=poison) as passed:
         assert json.loads(await passed.read())["X-Original-URL"] == "/admin"  # never shared
+
+
+async def test_an_origin_dying_mid_body_cuts_that_response_and_nothing_else(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def dies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" /nocache/ok " in head:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        else:  # promises 100000 bytes, sends 1000, hangs up
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(dies, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw, _ = await make_gateway(f"http://127.0.0.1:{port}")
+        for path in ("/nocache/cut", "/cut-uncacheable"):  # streamed through, nothing stored
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await get(http, gw, path)
+        assert "unhandled error" not in caplog.text
+        resp, body = await get(http, gw, "/nocache/ok")  # the gateway still serves
+        assert (resp.status, body) == (200, b"ok")
+    finally:
+        server.close()
+        await server.wait_closed()

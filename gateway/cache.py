@@ -293,18 +293,25 @@ class Cache:
         task, _ = self.flights.start(look.key, lambda: self.fill(look, entry, background=True))
         task.add_done_callback(_release_passed)
 
-    async def fill(self, look: Lookup, stale: Entry | None, *, background: bool = False) -> Fill:
-        """Fetch the key from the origin (conditionally when a stale entry has validators)."""
-        req, route = look.req, look.route
+    def origin_request_headers(
+        self, req: Incoming, route: Route, *, for_fill: bool
+    ) -> CIMultiDict[str]:
+        """What the route's origin is sent for this request (see upstream_request_headers)."""
         upstream = self.upstreams[route.cfg.origin]
-        headers = upstream_request_headers(
+        return upstream_request_headers(
             req.headers,
             client_ip=req.client_ip,
             scheme=req.scheme,
             via=self.via,
             host=None if route.cfg.preserve_host else upstream.host,
-            for_fill=True,
+            for_fill=for_fill,
         )
+
+    async def fill(self, look: Lookup, stale: Entry | None, *, background: bool = False) -> Fill:
+        """Fetch the key from the origin (conditionally when a stale entry has validators)."""
+        req, route = look.req, look.route
+        upstream = self.upstreams[route.cfg.origin]
+        headers = self.origin_request_headers(req, route, for_fill=True)
         if stale is not None:
             headers.update(policy.validators(CIMultiDict(stale.headers)))
         epoch = self.generations.epoch  # stamped now: a bust during the fetch still applies

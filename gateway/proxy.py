@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import policy
 from gateway.cache import Cache, Incoming, Reply
-from gateway.headers import client_response_headers, upstream_request_headers
+from gateway.headers import client_response_headers
 from gateway.router import Route
 from gateway.upstream import OriginError
 
@@ -34,14 +34,7 @@ def incoming(request: web.BaseRequest) -> Incoming:
 async def forward(request: web.BaseRequest, req: Incoming, route: Route, cache: Cache) -> Reply:
     """Any method, bodies streamed both ways; unsafe successes invalidate the cached URL."""
     upstream = cache.upstreams[route.cfg.origin]
-    headers = upstream_request_headers(
-        req.headers,
-        client_ip=req.client_ip,
-        scheme=req.scheme,
-        via=cache.via,
-        host=None if route.cfg.preserve_host else upstream.host,
-        for_fill=False,
-    )
+    headers = cache.origin_request_headers(req, route, for_fill=False)
     body = request.content if request.body_exists else None
     fwd = "bypass" if not route.cached or req.method in ("GET", "HEAD") else "method"
     try:

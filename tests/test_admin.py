@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from gateway.server import Gateway
 from origin.app import create_app
 from origin.settings import OriginSettings
 from tests.conftest import GatewayFactory
-from tests.test_gateway_http import get, origin_count, spec
+from tests.test_gateway_http import get, origin_count, spec, until_hit
 
 OPS, ACME = "ops-secret", "acme-secret"
 CACHED = "Cache-Control:max-age=60"
@@ -88,16 +87,6 @@ async def warm(admin: Admin, *paths: str) -> None:
         assert await admin.x_cache(path) == "HIT"
 
 
-async def settle_refresh(admin: Admin, path: str) -> str:
-    """After an UPDATING answer, the background refresh lands; bounded wait for the HIT."""
-    for _ in range(50):
-        label = await admin.x_cache(path)
-        if label == "HIT":
-            return label
-        await asyncio.sleep(0.02)
-    return label
-
-
 async def test_hard_purge_by_url_misses_and_leaves_other_urls(admin: Admin) -> None:
     one, two = spec("/one", CACHED, projectId="a"), spec("/two", CACHED, projectId="a")
     await warm(admin, one, two)
@@ -115,7 +104,7 @@ async def test_soft_purge_by_url_serves_stale_once_then_the_refreshed_entry(
     status, answer = await admin.call("/admin/purge", {"tenant": "a", "urls": [path], "soft": True})
     assert (status, answer["purged"], answer["soft"]) == (200, 1, True)
     assert await admin.x_cache(path) == "UPDATING"
-    assert await settle_refresh(admin, path) == "HIT"
+    assert (await until_hit(admin.http, admin.gw, path))[0].headers["X-Cache"] == "HIT"
     resp, _ = await get(admin.http, admin.gw, path)
     assert resp.headers["X-Gen"] == "2"
     assert await origin_count(echo_origin) == 2
@@ -322,11 +311,7 @@ async def test_origin_publish_soft_busts_the_project_and_the_new_version_goes_li
     stale, _ = await get(http, gw, bundle)
     assert stale.headers["X-Cache"] == "UPDATING"
     assert stale.headers["ETag"] == first.headers["ETag"]
-    for _ in range(100):  # bounded wait for the one background refresh
-        resp, body = await get(http, gw, bundle)
-        if resp.headers["X-Cache"] == "HIT":
-            break
-        await asyncio.sleep(0.02)
+    resp, body = await until_hit(http, gw, bundle)  # the one background refresh
     assert resp.headers["X-Cache"] == "HIT"
     assert resp.headers["ETag"] != first.headers["ETag"]
     assert b"version=2" in body

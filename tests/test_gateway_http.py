@@ -34,6 +34,18 @@ async def get(
         return resp, await resp.read()
 
 
+async def until_hit(
+    http: aiohttp.ClientSession, gw: TestServer, path: str
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """Poll, bounded (~2 s), until a background refresh has landed and `path` answers HIT."""
+    for _ in range(100):
+        resp, body = await get(http, gw, path)
+        if resp.headers["X-Cache"] == "HIT":
+            break
+        await asyncio.sleep(0.02)
+    return resp, body
+
+
 async def test_second_fetch_is_a_hit_with_age_and_one_origin_request(
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from origin.app import create_app
 from origin.settings import OriginSettings
 from tests.conftest import GatewayFactory
-from tests.test_gateway_http import get, origin_count, spec
+from tests.test_gateway_http import get, origin_count, spec, until_hit
 
 BUNDLE = "/api/v1/loader/code/published?projectId={p}&platform=react"
 
@@ -144,11 +144,7 @@ async def test_stale_while_revalidate_answers_at_hit_speed_and_refreshes_once(
     assert {resp.headers["X-Cache"] for resp, _, _ in stale} == {"UPDATING"}
     assert {resp.headers["X-Gen"] for resp, _, _ in stale} == {"1"}
     assert max(took for _, _, took in stale) < delay / 2
-    for _ in range(100):  # bounded wait for the one background revalidation
-        resp, _ = await get(http, gw, path)
-        if resp.headers["X-Cache"] == "HIT":
-            break
-        await asyncio.sleep(0.02)
+    resp, _ = await until_hit(http, gw, path)  # the one background revalidation
     assert resp.headers["X-Cache"] == "HIT"
     assert resp.headers["X-Gen"] == "2"
     assert await origin_count(echo_origin) == 2

@@ -379,6 +379,7 @@ class GatewayConfig(_Model):
 
     listen: ListenAddress = Listen("127.0.0.1", 8080)
     listen_backlog: int = Field(default=1024, ge=1)
+    client_body_timeout: PositiveDuration = 30.0
     admin: AdminConfig = Field(default_factory=AdminConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     origins: dict[str, OriginConfig] = Field(default_factory=dict)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from gateway import policy
 from gateway.cache import Cache, Incoming, Reply
 from gateway.headers import client_response_headers
 from gateway.router import Route
-from gateway.upstream import OriginError
+from gateway.upstream import BodyStalled, OriginError
 
 log = logging.getLogger("gateway.proxy")
 
@@ -31,11 +33,13 @@ def incoming(request: web.BaseRequest) -> Incoming:
     )
 
 
-async def forward(request: web.BaseRequest, req: Incoming, route: Route, cache: Cache) -> Reply:
+async def forward(
+    request: web.BaseRequest, req: Incoming, route: Route, cache: Cache, *, body_timeout: float
+) -> Reply:
     """Any method, bodies streamed both ways; unsafe successes invalidate the cached URL."""
     upstream = cache.upstreams[route.cfg.origin]
     headers = cache.origin_request_headers(req, route, for_fill=False)
-    body = request.content if request.body_exists else None
+    body = _stall_guarded(request.content, body_timeout) if request.body_exists else None
     fwd = "bypass" if not route.cached or req.method in ("GET", "HEAD") else "method"
     try:
         resp = await upstream.request(req.method, req.raw_path_qs, headers, body)
@@ -57,6 +61,20 @@ async def forward(request: web.BaseRequest, req: Incoming, route: Route, cache: 
     if length is not None:
         out.append(("Content-Length", length))
     return Reply(resp.status, out, stream=resp)
+
+
+async def _stall_guarded(content: StreamReader, idle: float) -> AsyncIterator[bytes]:
+    """The client's request body as it arrives, until it sends nothing for `idle` seconds: a
+    client that stalls mid-upload must not hold an origin connection and budget slot forever."""
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await content.readany()
+        except TimeoutError:
+            raise BodyStalled from None
+        if not chunk:
+            return
+        yield chunk
 
 
 async def write(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:

@@ -186,7 +186,8 @@ class Gateway:
         if route.cached and request.method in ("GET", "HEAD"):
             reply = await self.cache.serve(req, route)
         else:
-            reply = await forward(request, req, route, self.cache)
+            idle = self.config.client_body_timeout
+            reply = await forward(request, req, route, self.cache, body_timeout=idle)
         return await write(request, reply)
 
     def stats(self) -> dict[str, object]:

@@ -59,6 +59,17 @@ class OriginInvalid(OriginError):
     reason = "invalid response from origin"
 
 
+class BodyStalled(Exception):
+    """Raised inside a client's request body stream when the client stops sending it."""
+
+
+class ClientStalled(OriginError):
+    """The client's request body stalled mid-upload: a 408, and no fault of the origin's."""
+
+    status = 408
+    reason = "request body timed out"
+
+
 class OriginUnavailable(OriginError):
     """Breaker open or budget exhausted: answered at once instead of queueing."""
 
@@ -247,6 +258,8 @@ class Upstream:
                 self._failed()
                 raise OriginInvalid(self.name, exc.message.splitlines()[0]) from exc
             except aiohttp.ClientError as exc:
+                if isinstance(exc.__cause__, BodyStalled):
+                    raise ClientStalled(self.name) from exc  # not counted against the origin
                 self._failed()
                 raise OriginUnreachable(self.name, type(exc).__name__) from exc
         raise AssertionError("unreachable")

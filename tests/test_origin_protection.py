@@ -305,3 +305,37 @@ async def test_only_idempotent_requests_are_retried_and_only_once(
     async with http.post(dead.make_url("/x"), data=b"x") as resp:
         assert resp.status == 502
     assert gateway.upstreams["o"].fetches == 3  # a request with a body is never retried
+
+
+async def test_a_client_stalling_mid_upload_gets_408_and_frees_its_origin_slot(
+    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    loader = await start_loader(aiohttp_server)
+    base = BASE_YAML_FOR_STALL.format(origin=str(loader.make_url("/")).rstrip("/"))
+    gw, gateway = await make_gateway("", yaml_text=base)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"POST /api/v1/server-data/sources/s1/execute HTTP/1.1\r\nHost: a\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + b"{" * 10)  # then nothing more
+        await writer.drain()
+        start = time.perf_counter()
+        head = await asyncio.wait_for(reader.read(200), 5)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert time.perf_counter() - start < 2  # the 300 ms idle bound, not a read timeout
+    finally:
+        writer.close()
+    upstream = gateway.upstreams["o"]
+    assert upstream.foreground.in_use == 0
+    assert upstream.breaker.state == "closed" and upstream.failures == 0  # not the origin's fault
+    resp, _ = await get(http, gw, BUNDLE.format(p="p2"))  # the one slot serves others again
+    assert resp.status == 200
+
+
+BASE_YAML_FOR_STALL = """
+listen: 127.0.0.1:0
+client_body_timeout: 300ms
+origins:
+  o: {{url: "{origin}", read_timeout: 10s, max_concurrency: 1, max_queue: 0}}
+routes:
+  - {{name: all, match: {{path_prefix: /}}, origin: o, tenant: {{query: projectId}}}}
+"""

@@ -14,7 +14,7 @@ from typing import Any, Self, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.config import AdminToken, ConfigError, valid_name
+from gateway.config import AdminToken, ConfigError, describe_error, valid_name
 from gateway.generations import GLOBAL
 from gateway.router import DEFAULT_TENANT
 from gateway.server import GATEWAY_KEY, Gateway, JsonError, errors_as_json, json_response
@@ -128,21 +128,8 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(e) for e in exc.errors()]
+        problems = [describe_error(e, model) for e in exc.errors()]
         raise JsonError(400, "; ".join(problems), problems=problems) from None
-
-
-def _problem(error: Any) -> str:
-    field = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif error["type"] == "missing":
-        message = "field required"
-    elif "ctx" in error and "error" in error["ctx"]:
-        message = str(error["ctx"]["error"])
-    else:
-        message = str(error["msg"])
-    return f"{field}: {message}" if field else message
 
 
 def audit(who: AdminToken, action: str, **fields: Any) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "Size",
     "TenantConfig",
     "TenantSource",
+    "describe_error",
     "load_config",
     "valid_name",
 ]
@@ -580,9 +581,9 @@ def _field(loc: Loc) -> str:
     return out
 
 
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    """The model class at `loc`, to suggest field names for a typo."""
-    tp: Any = GatewayConfig
+def _model_at(loc: Loc, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model class at `loc` under `root`, to suggest field names for a typo."""
+    tp: Any = root
     for part in (*loc, None):
         while get_origin(tp) in (Annotated, Union, types.UnionType):
             tp = next(a for a in get_args(tp) if a is not type(None))
@@ -598,14 +599,22 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
     return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
 
 
-def _message(error: Mapping[str, Any]) -> str:
+def describe_error(error: Mapping[str, Any], root: type[BaseModel]) -> str:
+    """`field.path: message` for one pydantic error of a `root` model (the admin API's bodies
+    share the config file's wording)."""
+    message = _message(error, root)
+    field = _field(tuple(error["loc"]))
+    return f"{field}: {message}" if field else message
+
+
+def _message(error: Mapping[str, Any], root: type[BaseModel] = GatewayConfig) -> str:
     """Pydantic's error text, reworded where it would otherwise say little."""
     kind, loc, given = error["type"], error["loc"], error.get("input")
     if kind == "missing":
         return "field required"
     if kind == "extra_forbidden":
         name = str(loc[-1])
-        model = _model_at(loc[:-1])
+        model = _model_at(loc[:-1], root)
         close = difflib.get_close_matches(name, list(model.model_fields) if model else [], 1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown field {name!r}{hint}"

@@ -487,8 +487,7 @@ class Cache:
         if ("If-None-Match" in req.headers or "If-Modified-Since" in req.headers) and (
             policy.not_modified(req.headers, req.method, entry.status, CIMultiDict(entry.headers))
         ):
-            kept = [(k, v) for k, v in base if k.lower() in _NOT_MODIFIED_FIELDS]
-            return Reply(304, kept + extra)
+            return Reply(304, [*_validator_fields(base), *extra])
         if "Range" in req.headers and req.method == "GET" and entry.status == 200:
             return self._range_reply(req, entry, base, extra)
         return Reply(entry.status, [*base, *extra], entry.body)
@@ -510,8 +509,8 @@ class Cache:
             part = entry.body[wanted.first : wanted.last + 1]
             content_range = ("Content-Range", wanted.content_range(length))
             return Reply(206, [*base, *extra, content_range], part)
-        kept = [(k, v) for k, v in base if k.lower() in _NOT_MODIFIED_FIELDS]
-        return Reply(416, [*kept, *extra, ("Content-Range", f"bytes */{length}")])
+        unsatisfied = ("Content-Range", f"bytes */{length}")
+        return Reply(416, [*_validator_fields(base), *extra, unsatisfied])
 
     def error_reply(
         self, status: int, reason: str, *, fwd: str, retry_after: float | None = None
@@ -562,6 +561,13 @@ class Cache:
 _NOT_MODIFIED_FIELDS = frozenset(
     {"cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified", "via"}
 )
+
+
+def _validator_fields(
+    headers: list[tuple[str, str]] | tuple[tuple[str, str], ...],
+) -> list[tuple[str, str]]:
+    """The fields a bodiless answer about the stored response keeps (304, 416)."""
+    return [(k, v) for k, v in headers if k.lower() in _NOT_MODIFIED_FIELDS]
 
 
 def _release_passed(task: asyncio.Task[Fill]) -> None:

@@ -155,7 +155,7 @@ class Gateway:
             targets = [(parsed.scheme, parsed.raw_authority)]
             raw = url.split(parsed.raw_authority, 1)[1] or "/"
         else:
-            targets = [(site.partition("://")[0], site.partition("://")[2]) for site in sites]
+            targets = [(scheme, host) for scheme, _, host in (s.partition("://") for s in sites)]
             raw = url
         out = []
         for scheme, host in targets:

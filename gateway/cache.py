@@ -12,22 +12,23 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
 
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
+from multidict import CIMultiDict
 
 from gateway import policy, ranges
+from gateway.canonical import ClientFields, Target, fill_fields, keyed_query, query_values
 from gateway.coalesce import SingleFlight
 from gateway.generations import Generations
 from gateway.headers import (
     NOT_STORED,
     client_response_headers,
     end_to_end,
+    fill_request_headers,
+    pass_request_headers,
     tags_of,
-    upstream_request_headers,
 )
 from gateway.key import normalize_url, primary_key, secondary_key
-from gateway.router import Route, tenant_of
+from gateway.router import DEFAULT_TENANT, Route, tenant_of
 from gateway.store import Entry, Store
 from gateway.upstream import (
     FAILURE_STATUSES,
@@ -49,14 +50,12 @@ OTHER_TENANTS = "_other"
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """The parts of a client request the cache needs, detached from aiohttp's request object
-    so a fill that outlives the handler holds no reference to it."""
+    so a fill that outlives the handler holds no reference to it. `headers` is the proxy's view
+    of the client's fields (no hop-by-hop or Connection-listed ones)."""
 
     method: str
-    scheme: str
-    host: str
-    path: str
-    raw_path_qs: str
-    headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    target: Target
+    headers: ClientFields
     client_ip: str | None
 
 
@@ -109,17 +108,48 @@ class Passed:
 Fill = Stored | Passed
 
 
+@dataclass(frozen=True, slots=True)
+class Located:
+    """Where a target lands on a route: the key's URL, what a fill sends as path and query, and
+    the tenant (None when it comes from a header, which the target does not determine)."""
+
+    url: str
+    path_qs: str
+    tenant: str | None
+
+
 @dataclass(slots=True)
 class Lookup:
-    """One request's place in the cache."""
+    """One request's place in the cache, and the canonical request a fill for it sends.
+
+    `names` are what the key varies on (the route's forward_headers and the stored Vary);
+    `fields` are the client-derived fields a fill sends, all of them in the key. `alone`: the
+    request carries credentials, so it never shares a fill (RFC 9111 3.5).
+    """
 
     req: Incoming
     route: Route
     tenant: str
     url: str
+    path_qs: str
     primary: str
+    tenant_field: tuple[str, str] | None = None
+    names: tuple[str, ...] = ()
+    fields: dict[str, str] = field(default_factory=dict)
     key: str = ""
-    stale: Entry | None = field(default=None)
+    stale: Entry | None = None
+    alone: bool = False
+
+    def vary_on(self, names: Iterable[str]) -> str:
+        """Set the key and the fill's fields for a key varying on `names` (plus the route's
+        forward_headers); returns the key."""
+        self.names = tuple(sorted({*self.route.forward_headers, *names}))
+        self.fields = fill_fields(self.req.headers, self.names, self.tenant_field)
+        self.key = self.key_for(self.names, self.fields)
+        return self.key
+
+    def key_for(self, names: tuple[str, ...], fields: dict[str, str]) -> str:
+        return self.primary + "#" + secondary_key(names, fields) if names else self.primary
 
 
 class Cache:
@@ -151,7 +181,7 @@ class Cache:
         self.counters: Counter[str] = Counter()
         self.tenant_counters: dict[str, Counter[str]] = {}
         # Normalising a URL costs more than the rest of a hit; clear it when routes change.
-        self.url_memory: dict[tuple[str, str, str, str], tuple[str, str | None]] = {}
+        self.url_memory: dict[tuple[str, Target], Located] = {}
 
     def count(self, event: str, tenant: str, n: int = 1) -> None:
         """Global and per-tenant counters; tenants past TENANT_STATS share one bucket, since
@@ -172,46 +202,53 @@ class Cache:
         return since
 
     def locate(self, req: Incoming, route: Route) -> Lookup:
-        url, tenant = self._url_and_tenant(req, route)
-        generation = self.generations.key_part(tenant)
-        return Lookup(req, route, tenant, url, primary_key(tenant, generation, "GET", url))
-
-    def _url_and_tenant(self, req: Incoming, route: Route) -> tuple[str, str]:
-        """The normalised URL and the tenant of a request, remembered per (route, host, target);
-        a tenant taken from a header is not a function of those, so it is found each time."""
-        memo_key = (route.name, req.scheme, req.host, req.raw_path_qs)
+        """The request's key URL, tenant and primary key on this route, from its target."""
+        target = req.target
+        memo_key = (route.name, target)
         known = self.url_memory.get(memo_key)
-        if known is not None:
-            url, tenant = known
-            return url, tenant if tenant is not None else self._tenant(req, route)
-        url = normalize_url(req.scheme, req.host, req.raw_path_qs, route.cfg.cache.ignore_query)
-        tenant = self._tenant(req, route)
-        if len(req.raw_path_qs) <= URL_MEMORY_TARGET:
-            if len(self.url_memory) >= URL_MEMORY:
-                del self.url_memory[next(iter(self.url_memory))]  # the oldest goes
-            by_header = route.cfg.tenant is not None and route.cfg.tenant.header is not None
-            self.url_memory[memo_key] = (url, None if by_header else tenant)
-        return url, tenant
+        if known is None:
+            known = self._locate(target, route)
+            if len(target.path) + len(target.query or "") <= URL_MEMORY_TARGET:
+                if len(self.url_memory) >= URL_MEMORY:
+                    del self.url_memory[next(iter(self.url_memory))]  # the oldest goes
+                self.url_memory[memo_key] = known
+        tenant, tenant_field = known.tenant, None
+        if tenant is None:  # from a header: the validated value is sent, nothing else
+            source = route.cfg.tenant
+            assert source is not None and source.header is not None
+            tenant = tenant_of(source, host="", path="", query={}, headers=req.headers)
+            tenant_field = (source.header, tenant) if tenant != DEFAULT_TENANT else None
+        generation = self.generations.key_part(tenant)
+        return Lookup(
+            req,
+            route,
+            tenant,
+            known.url,
+            known.path_qs,
+            primary_key(tenant, generation, "GET", known.url),
+            tenant_field=tenant_field,
+            alone="authorization" in req.headers,
+        )
 
     @staticmethod
-    def _tenant(req: Incoming, route: Route) -> str:
-        query = req.raw_path_qs.partition("?")[2]
-        return tenant_of(
-            route.cfg.tenant,
-            host=req.host,
-            path=req.path,
-            query=MultiDict(parse_qsl(query, keep_blank_values=True)),
-            headers=req.headers,
+    def _locate(target: Target, route: Route) -> Located:
+        """Normalising costs more than the rest of a hit, hence `url_memory` in front of this."""
+        query = keyed_query(target, route.cfg.cache.ignore_query)
+        path_qs = f"{target.path}?{query}" if query else target.path
+        url = f"{target.scheme}://{target.host}{path_qs}"
+        source = route.cfg.tenant
+        if source is not None and source.header is not None:
+            return Located(url, path_qs, None)
+        tenant = tenant_of(
+            source, host=target.hostname, path=target.path, query=query_values(query), headers={}
         )
+        return Located(url, path_qs, tenant)
 
     async def serve(self, req: Incoming, route: Route) -> Reply:
         """Answer a GET or HEAD on a cached route."""
         look = self.locate(req, route)
         for _ in range(2):  # a second round when a fill reveals a Vary this request differs on
-            names = await self.store.get_vary(look.primary)
-            look.key = (
-                look.primary + "#" + secondary_key(names, req.headers) if names else look.primary
-            )
+            look.vary_on(await self.store.get_vary(look.primary) or ())
             reply = await self._serve_key(look)
             if reply is not None:
                 return reply
@@ -251,7 +288,7 @@ class Cache:
             fwd = "request" if verdict.detail.startswith("req-") else "stale"
         if only_if_cached:  # RFC 9111 5.2.1.7: never to the origin
             return self.error_reply(504, "not in cache (only-if-cached)", fwd="miss")
-        if self._is_pass(look.key):
+        if look.alone or self._is_pass(look.key):
             return await self._fill_alone(look, collapsed=False)
         task, leader = self.flights.start(look.key, lambda: self.fill(look, look.stale))
         try:
@@ -270,10 +307,18 @@ class Cache:
                 return self.pass_reply(look, result, fwd)
             self._remember_pass(look.key)
             return await self._fill_alone(look, collapsed=True)
-        entry = result.entry
-        if entry.vary and entry.key != look.primary + "#" + secondary_key(entry.vary, req.headers):
+        if not self._answers(look, result.entry):
             return None
         return self.stored_reply(look, result, fwd, collapsed=not leader, own=leader)
+
+    def _answers(self, look: Lookup, entry: Entry) -> bool:
+        """Does a fresh fill's entry answer this request? Not when the response varies on a
+        field this request has and the fill did not send (the key learns it for next time)."""
+        names = tuple(sorted({*look.route.forward_headers, *entry.vary}))
+        if names == look.names:
+            return entry.key == look.key
+        fields = fill_fields(look.req.headers, names, look.tenant_field)
+        return entry.key == look.key_for(names, fields)
 
     async def _fill_alone(self, look: Lookup, *, collapsed: bool) -> Reply:
         """A fill outside the single-flight table: after a pass, or for a waiter that gave up
@@ -293,31 +338,46 @@ class Cache:
         task, _ = self.flights.start(look.key, lambda: self.fill(look, entry, background=True))
         task.add_done_callback(_release_passed)
 
-    def origin_request_headers(
-        self, req: Incoming, route: Route, *, for_fill: bool
-    ) -> CIMultiDict[str]:
-        """What the route's origin is sent for this request (see upstream_request_headers)."""
+    def fill_headers(self, look: Lookup) -> CIMultiDict[str]:
+        """Exactly what a fill sends: the gateway's own fields and the keyed ones, plus the
+        credentials of a request that fetches alone (see `gateway.canonical`)."""
+        req, route = look.req, look.route
         upstream = self.upstreams[route.cfg.origin]
-        return upstream_request_headers(
-            req.headers,
+        headers = fill_request_headers(
+            look.fields,
+            host=req.target.host if route.cfg.preserve_host else upstream.host,
+            forwarded_host=req.target.host,
+            scheme=req.target.scheme,
             client_ip=req.client_ip,
-            scheme=req.scheme,
             via=self.via,
-            host=None if route.cfg.preserve_host else upstream.host,
-            for_fill=for_fill,
+        )
+        if look.alone:
+            for value in req.headers.getall("Authorization"):
+                headers.add("Authorization", value)
+        return headers
+
+    def pass_headers(self, req: Incoming, route: Route) -> CIMultiDict[str]:
+        """What a pass-through request sends (see `pass_request_headers`)."""
+        upstream = self.upstreams[route.cfg.origin]
+        return pass_request_headers(
+            req.headers,
+            host=req.target.host if route.cfg.preserve_host else upstream.host,
+            forwarded_host=req.target.host,
+            scheme=req.target.scheme,
+            client_ip=req.client_ip,
+            via=self.via,
         )
 
     async def fill(self, look: Lookup, stale: Entry | None, *, background: bool = False) -> Fill:
         """Fetch the key from the origin (conditionally when a stale entry has validators)."""
-        req, route = look.req, look.route
-        upstream = self.upstreams[route.cfg.origin]
-        headers = self.origin_request_headers(req, route, for_fill=True)
+        upstream = self.upstreams[look.route.cfg.origin]
+        headers = self.fill_headers(look)
         if stale is not None:
             headers.update(policy.validators(CIMultiDict(stale.headers)))
         epoch = self.generations.epoch  # stamped now: a bust during the fetch still applies
         refused = False
         try:
-            resp = await upstream.request("GET", req.raw_path_qs, headers, background=background)
+            resp = await upstream.request("GET", look.path_qs, headers, background=background)
         except OriginUnavailable:
             refused = True  # breaker open or budget full: nothing was sent
             raise
@@ -335,6 +395,8 @@ class Cache:
         """Turn an origin response into a stored entry or a pass (the response stays open)."""
         route = look.route
         rh = resp.headers
+        if policy.coded_without_vary(rh):  # chosen by the Accept-Encoding bucket every fill sends
+            rh.add("Vary", "Accept-Encoding")
         if stale is not None and resp.status == 304:
             resp.close()
             merged = policy.merge_not_modified(stale.headers, rh)
@@ -379,9 +441,10 @@ class Cache:
         route = look.route
         strip = NOT_STORED | set(policy.strip_fields(rh, route.rules))
         names = policy.vary_names(rh) or ()
-        key = look.primary + "#" + secondary_key(names, look.req.headers) if names else look.primary
+        # Keyed on what this fill sent: a Vary name it did not send counts as absent.
+        key_names = tuple(sorted({*route.forward_headers, *names}))
         return Entry(
-            key=key,
+            key=look.key_for(key_names, look.fields),
             tenant=look.tenant,
             url=look.url,
             status=status,

@@ -15,7 +15,7 @@ import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple, Self, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -32,6 +32,7 @@ from pydantic import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gateway.canonical import NEVER_FROM_CLIENT
 from gateway.units import parse_duration, parse_size
 
 __all__ = [
@@ -350,6 +351,15 @@ class RouteCacheConfig(_Model):
 
     enabled: bool = True
     ignore_query: list[NonEmpty] = Field(default_factory=list)
+    # Client request fields a fill forwards; each becomes part of the key (like a Vary the
+    # origin did not have to send). Nothing else the client sends reaches a shared fill.
+    forward_headers: list[str] = Field(default_factory=list)
+    # What a client's `no-cache` / `max-age=0` / `Pragma: no-cache` does: `honor` revalidates
+    # each time, `coalesce` at most once per key per second (concurrent ones share it),
+    # `ignore` serves from the cache as if it were absent.
+    client_no_cache: Literal["honor", "coalesce", "ignore"] = "coalesce"
+    # Route stale windows apply even where s-maxage implies proxy-revalidate (CDN-style grace).
+    stale_overrides_origin: bool = False
     heuristic: bool = False
     heuristic_fraction: float = Field(default=0.1, gt=0, le=1)
     stale_while_revalidate: Duration = 0.0
@@ -357,6 +367,16 @@ class RouteCacheConfig(_Model):
     max_stale_while_revalidate: Duration | None = None
     max_stale_if_error: Duration | None = None
     keep_tags: bool = False
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forwardable(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _TOKEN.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if name.lower() in NEVER_FROM_CLIENT:
+                raise ValueError(f"{name!r} is set by the gateway on a fill, not forwarded")
+        return [n.lower() for n in names]
 
 
 class RouteConfig(_Model):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
-
-from gateway.key import accept_encoding_bucket
 
 HOP_BY_HOP = frozenset(
     {
@@ -70,40 +69,51 @@ def end_to_end(headers: AnyHeaders, drop: Iterable[str] = ()) -> list[tuple[str,
     return [(k, v) for k, v in headers.items() if k.lower() not in skip]
 
 
-def upstream_request_headers(
-    headers: AnyHeaders,
+def fill_request_headers(
+    fields: Mapping[str, str],
     *,
-    client_ip: str | None,
+    host: str,
+    forwarded_host: str,
     scheme: str,
+    client_ip: str | None,
     via: str,
-    host: str | None,
-    for_fill: bool,
 ) -> CIMultiDict[str]:
-    """Headers for the origin: hygiene, X-Forwarded-*, Via.
+    """A shared fill's request fields: the keyed client-derived `fields` (see
+    `gateway.canonical.fill_fields`) and the gateway's own Host, X-Forwarded-* and Via. The
+    client's own X-Forwarded-For and Via are not carried: nothing unkeyed shapes a shared fill."""
+    out: CIMultiDict[str] = CIMultiDict(fields)
+    out["Host"] = host
+    if client_ip:
+        out["X-Forwarded-For"] = client_ip
+    out["X-Forwarded-Proto"] = scheme
+    out["X-Forwarded-Host"] = forwarded_host
+    out["Via"] = via
+    return out
 
-    `host` replaces Host (None keeps the client's). Accept-Encoding is never added, so origins
-    compress only for clients that asked. A fill, whose response is shared, also drops the
-    client's conditionals and Range (the stored copy is the whole representation), the override
-    fields, and sends Accept-Encoding as the bucket the cache key uses, so the variant stored
-    for a bucket is one every client in it accepts.
-    """
-    drop = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host"}
-    if for_fill:
-        drop |= CLIENT_CONDITIONALS | OVERRIDE_FIELDS
-    out = CIMultiDict(end_to_end(headers, drop))
-    if for_fill and "Accept-Encoding" in out:
-        out["Accept-Encoding"] = accept_encoding_bucket(", ".join(out.getall("Accept-Encoding")))
-    client_host = headers.get("Host", "")
-    out["Host"] = host if host is not None else client_host
-    prior = ", ".join(headers.getall("X-Forwarded-For", []))
+
+def pass_request_headers(
+    client: Any,
+    *,
+    host: str,
+    forwarded_host: str,
+    scheme: str,
+    client_ip: str | None,
+    via: str,
+) -> CIMultiDict[str]:
+    """A pass-through request's fields: the client's end-to-end ones (`client` is the proxy's
+    view, without hop-by-hop or Connection-listed fields), X-Forwarded-For and Via appended to,
+    Host and the other X-Forwarded-* set by the gateway. Its answer is never shared."""
+    drop = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host", "via"}
+    out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in client.items() if k.lower() not in drop)
+    out["Host"] = host
+    prior = ", ".join(client.getall("X-Forwarded-For"))
     if client_ip:
         out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
     elif prior:
         out["X-Forwarded-For"] = prior
     out["X-Forwarded-Proto"] = scheme
-    if client_host:
-        out["X-Forwarded-Host"] = client_host
-    out["Via"] = ", ".join([*headers.getall("Via", []), via])
+    out["X-Forwarded-Host"] = forwarded_host
+    out["Via"] = ", ".join([*client.getall("Via"), via])
     return out
 
 

@@ -93,7 +93,7 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
-def _normalize_host(scheme: str, host: str) -> str:
+def normalize_host(scheme: str, host: str) -> str:
     """Lower-case host, drop trailing dots and the scheme's default port; IPv6 stays bracketed."""
     h = host.strip()
     port = ""
@@ -131,7 +131,7 @@ def _query_name(param: str) -> str:
     return unquote_plus(param.partition("=")[0], errors="replace")
 
 
-def _normalize_query(query: str, ignore_query: Sequence[str]) -> str:
+def normalize_query(query: str, ignore_query: Sequence[str] = ()) -> str:
     """Drop empty and ignored parameters, then sort by name; a stable sort keeps repeated names
     in their original order because `a=1&a=2` and `a=2&a=1` may mean different things."""
     params = [_normalize_percent(p) for p in query.split("&") if p]
@@ -157,13 +157,17 @@ def normalize_url(
     scheme = scheme.strip().lower()
     target = raw_path_qs.partition("#")[0]
     path, sep, query = target.partition("?")
+    query = normalize_query(query, ignore_query) if sep else ""
+    url = f"{scheme}://{normalize_host(scheme, host)}{normalize_path(path)}"
+    return f"{url}?{query}" if query else url
+
+
+def normalize_path(path: str) -> str:
+    """Percent-encoding normalised, a leading `/` ensured, dot segments resolved."""
     path = _normalize_percent(path)
     if not path.startswith("/"):
         path = "/" + path
-    path = _remove_dot_segments(path)
-    query = _normalize_query(query, ignore_query) if sep else ""
-    url = f"{scheme}://{_normalize_host(scheme, host)}{path}"
-    return f"{url}?{query}" if query else url
+    return _remove_dot_segments(path)
 
 
 def escape_part(part: str) -> str:
@@ -198,7 +202,7 @@ def _escape_secondary(text: str) -> str:
     return text.replace("%", "%25").replace("&", "%26").replace("=", "%3D").replace("#", "%23")
 
 
-def _normalize_value(name: str, values: list[str]) -> str:
+def normalize_value(name: str, values: list[str]) -> str:
     """One comparable string for a header: lines joined, whitespace collapsed, case folded
     only where the field is case-insensitive."""
     joined = ", ".join(values)
@@ -228,7 +232,7 @@ def secondary_key(names: Sequence[str], req_headers: Headers) -> str:
         if values is None and name != "accept-encoding":
             parts.append(_escape_secondary(name))
         else:
-            value = _normalize_value(name, values or [])
+            value = normalize_value(name, values or [])
             parts.append(f"{_escape_secondary(name)}={_escape_secondary(value)}")
     readable = "&".join(parts)
     if len(readable) <= MAX_READABLE_SECONDARY:

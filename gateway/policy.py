@@ -475,6 +475,21 @@ def vary_names(resp_headers: Headers) -> tuple[str, ...] | None:
     return tuple(sorted(names))
 
 
+def coded_without_vary(resp_headers: Headers) -> bool:
+    """A content-coded response that does not say it varies on Accept-Encoding (nor `Vary: *`).
+
+    Such a response was chosen by the Accept-Encoding the request carried, whatever its Vary
+    says: a cache that stored it for every client would hand gzip to clients that cannot
+    decode it (RFC 9110 12.5.3), so the gateway keys it on Accept-Encoding as if it said so.
+    """
+    values = _all(resp_headers, "Content-Encoding")
+    codings = {c.strip().lower() for value in values for c in value.split(",")}
+    if not codings - {"", "identity"}:
+        return False
+    names = vary_names(resp_headers)
+    return names is not None and "accept-encoding" not in names
+
+
 def invalidates(method: str, status: int) -> bool:
     """RFC 9111 4.4: an unsafe method with a non-error status invalidates the target URI."""
     return method.upper() not in SAFE_METHODS and 200 <= status <= 399

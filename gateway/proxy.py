@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,7 @@ from aiohttp import StreamReader, web
 
 from gateway import policy
 from gateway.cache import Cache, Incoming, Reply
+from gateway.canonical import ClientFields, Target, parse_target
 from gateway.headers import client_response_headers
 from gateway.router import Route
 from gateway.upstream import BodyStalled, OriginError
@@ -19,18 +21,28 @@ log = logging.getLogger("gateway.proxy")
 
 NO_BODY_STATUSES = frozenset({204, 304})
 CHUNK = 64 * 1024
+TARGET_MEMO = 4096  # parsed request targets remembered
+TARGET_MEMO_LENGTH = 1024  # longer targets are parsed each time, not remembered
 
 
 def incoming(request: web.BaseRequest) -> Incoming:
+    """The request as the gateway understands it; BadRequest for a target it cannot key."""
     return Incoming(
         method=request.method,
-        scheme=request.scheme,
-        host=request.host,
-        path=request.path,
-        raw_path_qs=request.raw_path,
-        headers=request.headers,
+        target=_target(request.raw_path, request.headers.get("Host"), request.scheme),
+        headers=ClientFields(request.headers),
         client_ip=request.remote,
     )
+
+
+def _target(raw: str, host: str | None, scheme: str) -> Target:
+    """`parse_target`, remembered for the short targets that make up nearly every hit."""
+    if len(raw) > TARGET_MEMO_LENGTH:
+        return parse_target(raw, host, scheme)
+    return _remembered_target(raw, host, scheme)
+
+
+_remembered_target = functools.lru_cache(maxsize=TARGET_MEMO)(parse_target)
 
 
 async def forward(
@@ -38,11 +50,11 @@ async def forward(
 ) -> Reply:
     """Any method, bodies streamed both ways; unsafe successes invalidate the cached URL."""
     upstream = cache.upstreams[route.cfg.origin]
-    headers = cache.origin_request_headers(req, route, for_fill=False)
+    headers = cache.pass_headers(req, route)
     body = _stall_guarded(request.content, body_timeout) if request.body_exists else None
     fwd = "bypass" if not route.cached or req.method in ("GET", "HEAD") else "method"
     try:
-        resp = await upstream.request(req.method, req.raw_path_qs, headers, body)
+        resp = await upstream.request(req.method, req.target.path_qs, headers, body)
     except OriginError as exc:
         return cache.error_reply(exc.status, exc.reason, fwd=fwd, retry_after=exc.retry_after)
     if route.cached and policy.invalidates(req.method, resp.status):

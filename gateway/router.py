@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 from urllib.parse import unquote
 
+from gateway.canonical import BadRequest
 from gateway.config import GatewayConfig, RouteConfig, TenantSource, valid_name
 from gateway.policy import RouteRules
 
@@ -31,6 +33,10 @@ class Route:
     @property
     def cached(self) -> bool:
         return self.cfg.cache.enabled
+
+    @property
+    def forward_headers(self) -> list[str]:
+        return self.cfg.cache.forward_headers
 
     def matches(self, host: str, path: str, method: str) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -81,20 +87,22 @@ def tenant_of(
     *,
     host: str,
     path: str,
-    query: Mapping[str, str],
-    headers: Mapping[str, str],
+    query: Any,
+    headers: Any,
 ) -> str:
     """The tenant namespace of a request; an absent or invalid value falls in the default one,
-    so a client cannot create namespaces with arbitrary bytes."""
+    so a client cannot create namespaces with arbitrary bytes. `query` and `headers` are
+    multidicts: a source given twice with different values is a BadRequest, since the origin
+    might read the other one and the entry would land in the wrong namespace."""
     if source is None:
         return DEFAULT_TENANT
     value: str | None
     if source.fixed is not None:
         value = source.fixed
     elif source.query is not None:
-        value = query.get(source.query)
+        value = _one(query.getall(source.query, []), f"query parameter {source.query!r}")
     elif source.header is not None:
-        value = headers.get(source.header)
+        value = _one(headers.getall(source.header, []), f"header {source.header!r}")
     elif source.host_label is not None:
         value = _nth(host_without_port(host).split("."), source.host_label)
     elif source.path_segment is not None:
@@ -104,6 +112,12 @@ def tenant_of(
     if value is None or not valid_name(value):
         return DEFAULT_TENANT
     return value
+
+
+def _one(values: Sequence[str], what: str) -> str | None:
+    if len(set(values)) > 1:
+        raise BadRequest(f"ambiguous tenant: {what} given with different values")
+    return values[0] if values else None
 
 
 def _nth(parts: Sequence[str], index: int) -> str | None:

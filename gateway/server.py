@@ -12,6 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.cache import Cache
+from gateway.canonical import BadRequest
 from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
 from gateway.key import normalize_url
 from gateway.proxy import forward, incoming, write
@@ -179,11 +180,13 @@ class Gateway:
             return error_response(request, exc)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        route = self.router.match(request.host, request.path, request.method)
-        if route is None:
-            return json_response(404, {"error": "no route matches", "path": request.path})
         req = incoming(request)
+        route = self.router.match(req.target.hostname, req.target.path, request.method)
+        if route is None:
+            return json_response(404, {"error": "no route matches", "path": req.target.path})
         if route.cached and request.method in ("GET", "HEAD"):
+            if request.body_exists:  # its key cannot hold the body: never forward one half
+                raise BadRequest(f"a {request.method} with a body is refused on a cached route")
             reply = await self.cache.serve(req, route)
         else:
             idle = self.config.client_body_timeout
@@ -217,6 +220,11 @@ def error_response(request: web.BaseRequest, exc: Exception) -> web.Response:
     if isinstance(exc, JsonError):
         payload = {"error": exc.reason, "status": exc.status, **exc.details}
         return json_response(exc.status, payload, exc.headers)
+    if isinstance(exc, BadRequest):
+        # What follows on the connection (an unread body, say) cannot be trusted: close it.
+        response = json_response(400, {"error": exc.reason, "status": 400})
+        response.force_close()
+        return response
     if isinstance(exc, web.HTTPException):
         return json_response(exc.status, {"error": exc.reason, "status": exc.status})
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
@@ -237,4 +245,6 @@ def public_server(gateway: Gateway) -> web.Server:
     """The public listener: every request goes to `Gateway.respond`, so it is a low-level
     server with no router or middleware chain to pay for on each hit. The caller runs
     `gateway.start()` before serving and `gateway.stop()` after."""
-    return web.Server(gateway.respond, handler_cancellation=True, access_log=None)
+    return web.Server(
+        gateway.respond, handler_cancellation=True, access_log=None, lingering_time=0
+    )

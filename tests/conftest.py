@@ -5,14 +5,16 @@ from __future__ import annotations
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestServer
 
 from gateway.admin import admin_app
 from gateway.config import load_config
-from gateway.server import Gateway
+from gateway.server import Gateway, public_server
 from tests.echo_origin import create_echo_app
 
 BASE_YAML = """\
@@ -37,7 +39,7 @@ routes:
     cache: {{ignore_query: ["utm_*"]{route_cache}}}
 """
 
-GatewayFactory = Callable[..., Awaitable[tuple[TestServer, Gateway]]]
+GatewayFactory = Callable[..., Awaitable[tuple["GatewayServer", Gateway]]]
 
 
 @pytest.fixture
@@ -45,10 +47,23 @@ async def echo_origin(aiohttp_server) -> TestServer:  # type: ignore[no-untyped-
     return await aiohttp_server(create_echo_app())
 
 
+class GatewayServer(BaseTestServer):
+    """The public listener exactly as `python -m gateway` serves it (`public_server`), on a free
+    loopback port, so that connection handling is tested as it runs."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(host="127.0.0.1")
+        self.gateway = gateway
+
+    async def _make_runner(self, **kwargs: Any) -> web.ServerRunner:
+        return web.ServerRunner(public_server(self.gateway), **kwargs)
+
+
 @pytest.fixture
-async def make_gateway(aiohttp_raw_server, tmp_path: Path) -> AsyncIterator[GatewayFactory]:  # type: ignore[no-untyped-def]
+async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     """Start a gateway in front of `origin_url`; options fill the BASE_YAML template."""
     started: list[Gateway] = []
+    servers: list[GatewayServer] = []
 
     async def start(
         origin_url: str,
@@ -77,10 +92,14 @@ async def make_gateway(aiohttp_raw_server, tmp_path: Path) -> AsyncIterator[Gate
         gateway = Gateway(load_config(path, env={}))
         await gateway.start()
         started.append(gateway)
-        server = await aiohttp_raw_server(gateway.respond)
+        server = GatewayServer(gateway)
+        await server.start_server()
+        servers.append(server)
         return server, gateway
 
     yield start
+    for server in servers:
+        await server.close()
     for gateway in started:
         await gateway.stop()
 

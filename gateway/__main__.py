@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 
@@ -26,7 +27,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def raise_file_limit(connections: int) -> None:
+    """Each client and origin connection is a file descriptor: lift the soft limit to the hard
+    one (as nginx's worker_rlimit_nofile does) and say so when even that is short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * connections + 256  # clients, their origin connections, and the rest
+    if soft < wanted and soft != hard:
+        soft = hard if hard == resource.RLIM_INFINITY else min(hard, max(wanted, soft))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "open file limit %d is below the %d that max_connections %d may need",
+            soft, wanted, connections,
+        )
+
+
 async def serve(config: GatewayConfig) -> None:
+    raise_file_limit(config.max_connections)
     gateway = Gateway(config)
     await gateway.start()
     runners: list[web.BaseRunner] = [web.ServerRunner(public_server(gateway))]

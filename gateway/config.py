@@ -401,11 +401,15 @@ class GatewayConfig(_Model):
     listen: ListenAddress = Listen("127.0.0.1", 8080)
     listen_backlog: int = Field(default=1024, ge=1)
     client_body_timeout: PositiveDuration = 30.0
+    # The whole request head must arrive within this of its first byte (or of the accept).
+    client_header_timeout: PositiveDuration = 10.0
+    keepalive_timeout: PositiveDuration = 60.0  # idle client connections
+    max_connections: int = Field(default=4096, ge=1)  # client connections open at once
     admin: AdminConfig = Field(default_factory=AdminConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     origins: dict[str, OriginConfig] = Field(default_factory=dict)
     tenants: dict[TenantName, TenantConfig] = Field(default_factory=dict)
-    routes: list[RouteConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list, min_length=1)
     source_path: str | None = None
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from gateway.cache import Cache
 from gateway.canonical import BadRequest
 from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
 from gateway.key import normalize_url
+from gateway.listener import ClientLimits, PublicServer
 from gateway.proxy import forward, incoming, write
 from gateway.router import Router
 from gateway.store.memory import MemoryStore
@@ -24,6 +25,7 @@ log = logging.getLogger("gateway")
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 RETIRE_AFTER = 60.0  # seconds a replaced origin client keeps serving requests in flight
+LINGERING = 5.0  # seconds an unread request body is drained after the answer
 
 
 def json_response(
@@ -241,10 +243,24 @@ async def errors_as_json(
         return error_response(request, exc)
 
 
-def public_server(gateway: Gateway) -> web.Server:
+def public_server(gateway: Gateway) -> PublicServer:
     """The public listener: every request goes to `Gateway.respond`, so it is a low-level
     server with no router or middleware chain to pay for on each hit. The caller runs
-    `gateway.start()` before serving and `gateway.stop()` after."""
-    return web.Server(
-        gateway.respond, handler_cancellation=True, access_log=None, lingering_time=0
+    `gateway.start()` before serving and `gateway.stop()` after. Limits are read at start.
+
+    A body the gateway did not read (a refused request, an origin that answered early) is read
+    and dropped for up to LINGERING seconds after the answer, which says `Connection: close`,
+    so that the client sees the answer rather than a reset (nginx's lingering close)."""
+    config = gateway.config
+    limits = ClientLimits(
+        header_timeout=config.client_header_timeout,
+        keepalive_timeout=config.keepalive_timeout,
+        max_connections=config.max_connections,
+    )
+    return PublicServer(
+        gateway.respond,
+        limits,
+        handler_cancellation=True,
+        access_log=None,
+        lingering_time=LINGERING,
     )

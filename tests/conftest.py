@@ -19,6 +19,7 @@ from tests.echo_origin import create_echo_app
 
 BASE_YAML = """\
 listen: 127.0.0.1:0
+{top_extra}
 cache:
   name: edge
   memory: {{max_bytes: {max_bytes}, max_object_bytes: {max_object_bytes}}}
@@ -75,6 +76,7 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         route_cache: str = "",
         origin_extra: str = "",
         cache_extra: str = "",
+        top_extra: str = "",
         yaml_text: str | None = None,
     ) -> tuple[TestServer, Gateway]:
         text = yaml_text or BASE_YAML.format(
@@ -86,6 +88,7 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
             route_cache=route_cache,
             origin_extra=origin_extra,
             cache_extra=cache_extra,
+            top_extra=top_extra,
         )
         path = tmp_path / "gateway.yaml"
         path.write_text(textwrap.dedent(text))

@@ -2,7 +2,8 @@
 
 `GET /any/path?status=200&h=Cache-Control:max-age%3D60&h=Vary:Accept&body=text&delay=0.1`
 answers with that status, those headers and that body, and counts requests per path+query.
-`/__count` reports the counts. Headers of the request are echoed as JSON when `body=echo`.
+`/__count` reports the counts. Headers of the request are echoed as JSON when `body=echo`; with
+`read=1` the request body is read before answering.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ async def respond(request: web.Request) -> web.StreamResponse:
     counts["__total__"] += 1
     n = counts[request.path_qs]  # this request's number, before any delay lets others count
     q = request.query
+    if "read" in q:  # the whole request body before answering, as most origins do
+        await request.read()
     if "delay" in q:
         await asyncio.sleep(float(q["delay"]))
     status = int(q.get("status", "200"))

@@ -409,7 +409,7 @@ class GatewayConfig(_Model):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     origins: dict[str, OriginConfig] = Field(default_factory=dict)
     tenants: dict[TenantName, TenantConfig] = Field(default_factory=dict)
-    routes: list[RouteConfig] = Field(default_factory=list, min_length=1)
+    routes: list[RouteConfig] = Field(default_factory=list)
     source_path: str | None = None
 
     @model_validator(mode="after")
@@ -507,6 +507,8 @@ def _duplicate_keys(node: MappingNode) -> list[tuple[ScalarNode, ScalarNode]]:
     return found
 
 
+# C0 controls but tab and newline (block scalars may hold several lines), DEL and C1 controls.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _ENV_REF = re.compile(r"\$(?:\$|\{([^}]*)\}|\{)")
 _ENV_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
@@ -549,6 +551,8 @@ def _prepare(node: Node, env: Mapping[str, str], file: str) -> list[ConfigIssue]
         visited.add(id(node))
         if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:str":
             node.value, errors = _expand(node.value, env)
+            if _CONTROL.search(node.value):  # "\0" escapes, or an environment value
+                errors.append("control characters are not allowed in a value")
             issues.extend(ConfigIssue(file, _line(node), _field(loc), e) for e in errors)
         elif isinstance(node, SequenceNode):
             for i, item in enumerate(node.value):
@@ -664,8 +668,9 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([ConfigIssue(file, None, "", f"cannot read config: {reason}")]) from None
 
-    loader = GatewayLoader(text)
+    loader: GatewayLoader | None = None
     try:
+        loader = GatewayLoader(text)  # rejects characters YAML does not allow, such as NUL
         root = loader.get_single_node()
         issues = _prepare(root, environ, file) if root is not None else []
         if any(i.message.startswith("duplicate key") for i in issues):
@@ -679,10 +684,17 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
             context += f" started on line {exc.context_mark.line + 1}"
         what = ": ".join(p for p in (context, exc.problem) if p)
         raise ConfigError([ConfigIssue(file, line, "", f"invalid YAML: {what}")]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        code = char if isinstance(char, int) else ord(char[:1] or "\0")
+        message = f"invalid YAML: character U+{code:04X} is not allowed"
+        raise ConfigError([ConfigIssue(file, line, "", message)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(file, None, "", f"invalid YAML: {exc}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
     reported = {issue.field for issue in issues}
     found: list[tuple[Loc, str]] = []
@@ -692,6 +704,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
     except ValidationError as exc:
         found += [(tuple(e["loc"]), _message(e)) for e in exc.errors()]
     found += _cross_check(data)
+    if isinstance(data, Mapping) and not data.get("routes"):
+        found.append((("routes",), "at least one route is needed, or every request is a 404"))
     for loc, message in found:
         if _field(loc) not in reported:
             issues.append(ConfigIssue(file, _line_at(root, loc), _field(loc), message))

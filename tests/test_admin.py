@@ -273,6 +273,19 @@ async def test_reload_of_a_broken_file_keeps_the_old_routes_and_names_the_line(
     assert await admin.x_cache(path) == "HIT"
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "routes: []\n"])
+async def test_reload_of_a_file_without_routes_is_refused_and_keeps_serving(
+    admin: Admin, tmp_path: Path, text: str
+) -> None:
+    path = spec("/kept", CACHED, projectId="a")
+    await warm(admin, path)
+    (tmp_path / "gateway.yaml").write_text(text)
+    status, answer = await admin.call("/admin/reload", {})
+    assert status == 400
+    assert [i["field"] for i in answer["issues"]] == ["routes"]
+    assert await admin.x_cache(path) == "HIT"
+
+
 async def test_reload_of_a_good_file_takes_the_new_routes(
     admin: Admin, tmp_path: Path
 ) -> None:

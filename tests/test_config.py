@@ -30,9 +30,17 @@ ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "origins:\n  loader: {url: 'http://127.0.0.1:9000'}\n"
 
 
+ONE_ROUTE = "origins: {o: {url: 'http://127.0.0.1:9'}}\nroutes: [{name: any, origin: o}]\n"
+
+
 def write(tmp_path: Path, text: str, name: str = "gw.yaml") -> Path:
+    """The YAML as given; one route (and its origin) appended when it has neither, since a
+    file without routes is refused. Appended at the end, so lines of issues do not move."""
+    text = textwrap.dedent(text).lstrip("\n")
+    if "routes" not in text and "origins" not in text:
+        text += ("" if text.endswith("\n") or not text else "\n") + ONE_ROUTE
     path = tmp_path / name
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    path.write_text(text)
     return path
 
 
@@ -108,14 +116,41 @@ def test_leading_colon_in_flow_mapping_must_be_quoted(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- models and defaults
 
 
-def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+def test_a_file_with_one_route_gets_defaults_for_the_rest(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, ""), env={})
     assert cfg.listen == Listen("127.0.0.1", 8080)
     assert cfg.admin == AdminConfig()
     assert cfg.cache.name == "edge" and cfg.cache.bust_grace == 300.0
     assert cfg.cache.pass_ttl == 10.0 and cfg.cache.collapse_timeout == 15.0
     assert cfg.cache.memory == MemoryConfig(max_bytes=256 << 20, max_object_bytes=16 << 20)
-    assert cfg.routes == [] and cfg.origins == {}
+    assert (cfg.client_header_timeout, cfg.keepalive_timeout) == (10.0, 60.0)
+    assert [r.name for r in cfg.routes] == ["any"]
+    assert cfg.routes[0].cache.client_no_cache == "coalesce"
+
+
+@pytest.mark.parametrize("text", ["", "# nothing here\n", "listen: 127.0.0.1:8080\n", ORIGIN])
+def test_a_file_without_routes_is_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    [issue] = errors(path)
+    assert issue.field == "routes" and "at least one route" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("cache: {name: edge}\nroutes: [\0]\n", 2, "character U+0000 is not allowed"),
+        ("cache: {cache_bust: \"a\\0b\"}\n", 1, "control characters are not allowed"),
+        ("cache: {cache_bust: \"a\\x1bb\"}\n", 1, "control characters are not allowed"),
+    ],
+)
+def test_control_characters_are_config_errors_with_a_line(
+    tmp_path: Path, text: str, line: int, message: str
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text + ONE_ROUTE if "routes" not in text else text)
+    issues = errors(path)
+    assert (issues[0].line, message in issues[0].message) == (line, True), issues
 
 
 def test_route_defaults_and_cache_flag(tmp_path: Path) -> None:
@@ -533,7 +568,9 @@ def test_yaml_syntax_error_line(tmp_path: Path) -> None:
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
-    [issue] = errors(write(tmp_path, "- 1\n- 2\n"))
+    path = tmp_path / "gw.yaml"
+    path.write_text("- 1\n- 2\n")
+    [issue] = errors(path)
     assert (issue.line, issue.field) == (1, "")
     assert issue.message == "expected a mapping, got list"
 

@@ -14,6 +14,7 @@ from typing import Any, Self, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gateway.canonical import BadRequest, parse_target
 from gateway.config import AdminToken, ConfigError, describe_error, valid_name
 from gateway.generations import GLOBAL
 from gateway.router import DEFAULT_TENANT
@@ -60,6 +61,10 @@ class PurgeBody(_Body):
         for url in self.urls or ():
             if not (url.startswith("/") or url.startswith(("http://", "https://"))):
                 raise ValueError(f"urls must be paths ('/...') or http(s) URLs, got {url!r}")
+            try:  # keyed later exactly as a request would be: it must parse as one
+                parse_target(url, "purge", "http")
+            except BadRequest as exc:
+                raise ValueError(f"invalid URL {url!r}: {exc.reason}") from None
         if self.prefix is not None and not self.prefix.startswith(("/", "http://", "https://")):
             raise ValueError(f"prefix must start with '/' or be an http(s) URL: {self.prefix!r}")
         if any(not tag.strip() for tag in self.tags or ()):
@@ -123,6 +128,8 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
         data = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise JsonError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise JsonError(400, "body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise JsonError(400, "body must be a JSON object")
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from multidict import CIMultiDict
 
 from gateway import policy, ranges
-from gateway.canonical import ClientFields, Target, fill_fields, keyed_query, query_values
+from gateway.canonical import ClientFields, Target, fill_fields, keyed_url, query_values
 from gateway.coalesce import SingleFlight
 from gateway.generations import Generations
 from gateway.headers import (
@@ -233,9 +233,8 @@ class Cache:
     @staticmethod
     def _locate(target: Target, route: Route) -> Located:
         """Normalising costs more than the rest of a hit, hence `url_memory` in front of this."""
-        query = keyed_query(target, route.cfg.cache.ignore_query)
-        path_qs = f"{target.path}?{query}" if query else target.path
-        url = f"{target.scheme}://{target.host}{path_qs}"
+        url, path_qs = keyed_url(target, route.cfg.cache.ignore_query)
+        query = path_qs.partition("?")[2]
         source = route.cfg.tenant
         if source is not None and source.header is not None:
             return Located(url, path_qs, None)

@@ -211,11 +211,12 @@ def fill_fields(
     return fields
 
 
-def keyed_query(target: Target, ignore_query: Iterable[str]) -> str:
-    """The query as the key has it and a fill sends it: ignored parameters dropped, sorted."""
-    if target.query is None:
-        return ""
-    return normalize_query(target.query, list(ignore_query))
+def keyed_url(target: Target, ignore_query: Iterable[str]) -> tuple[str, str]:
+    """The key's URL of a target, and the path and query a fill sends: the query with ignored
+    parameters dropped and the rest sorted (stable for repeated names)."""
+    query = "" if target.query is None else normalize_query(target.query, list(ignore_query))
+    path_qs = f"{target.path}?{query}" if query else target.path
+    return f"{target.scheme}://{target.host}{path_qs}", path_qs
 
 
 def query_values(query: str) -> Mapping[str, str]:

@@ -9,12 +9,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from yarl import URL
 
 from gateway.cache import Cache
-from gateway.canonical import BadRequest
+from gateway.canonical import BadRequest, keyed_url, parse_target
 from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
-from gateway.key import normalize_url
 from gateway.listener import ClientLimits, PublicServer
 from gateway.proxy import forward, incoming, write
 from gateway.router import Router
@@ -152,20 +150,19 @@ class Gateway:
         return count
 
     def _normalised(self, url: str, sites: list[str]) -> list[str]:
-        """A purge URL as stored: absolute as given, or a path on each of the tenant's sites."""
-        parsed = URL(url, encoded=True)
-        if parsed.is_absolute():
-            targets = [(parsed.scheme, parsed.raw_authority)]
-            raw = url.split(parsed.raw_authority, 1)[1] or "/"
+        """A purge URL as stored: absolute as given, or a path on each of the tenant's sites;
+        keyed exactly as a request for it would be (BadRequest if no request could be)."""
+        if url.startswith("/"):
+            targets = [parse_target(url, host, scheme) for scheme, _, host in
+                       (site.partition("://") for site in sites)]
         else:
-            targets = [(scheme, host) for scheme, _, host in (s.partition("://") for s in sites)]
-            raw = url
+            scheme = url.partition("://")[0].lower()
+            targets = [parse_target(url, None, scheme)]
         out = []
-        for scheme, host in targets:
-            path = raw.split("?", 1)[0]
-            route = self.router.match(host, path, "GET")
+        for target in targets:
+            route = self.router.match(target.hostname, target.path, "GET")
             ignore = route.cfg.cache.ignore_query if route is not None else []
-            out.append(normalize_url(scheme, host, raw, ignore))
+            out.append(keyed_url(target, ignore)[0])
         return out
 
     def bust(self, tenant: str, *, soft: bool) -> dict[str, object]:

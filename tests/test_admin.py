@@ -215,6 +215,13 @@ async def test_missing_or_wrong_token_gets_401_and_changes_nothing(admin: Admin)
         (b'{"tenant": "a", "urls": []}', "urls"),
         (b'{"tenant": "a", "prefix": "js/"}', "prefix must start with"),
         (b'{"soft": true}', "tenant: field required"),
+        (b'{"tenant": "a", "urls": ["https://[::1"]}', "invalid URL"),
+        (b'{"tenant": "a", "urls": ["http://a b/x"]}', "invalid URL"),
+        (b'{"tenant": "a", "urls": ["http://user@a/x"]}', "invalid URL"),
+        (b'{"tenant": "a", "urls": ["http://a:99x/"]}', "invalid URL"),
+        (b'{"tenant": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not valid JSON"),
+        (b'{"tenant": {"a": {"b": [1, {"c": null}]}}}', "tenant"),
+        (b'{"tenant": "a", "urls": [["/x"]]}', "urls"),
     ],
 )
 async def test_bad_purge_request_is_a_400_with_a_json_reason_and_changes_nothing(

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from multidict import CIMultiDict
 
 from gateway import policy, ranges
-from gateway.canonical import ClientFields, Target, fill_fields, keyed_url, query_values
+from gateway.canonical import (
+    NEVER_FROM_CLIENT,
+    ClientFields,
+    Target,
+    fill_fields,
+    keyed_url,
+    query_values,
+)
 from gateway.coalesce import SingleFlight
 from gateway.generations import Generations
 from gateway.headers import (
@@ -353,6 +360,11 @@ class Cache:
         if look.alone:
             for value in req.headers.getall("Authorization"):
                 headers.add("Authorization", value)
+        if route.cfg.cache.forward_unkeyed:  # the operator trusts the origin's Vary instead
+            for name, value in req.headers.items():
+                lower = name.lower()
+                if lower not in headers and lower not in NEVER_FROM_CLIENT:
+                    headers.add(name, value)
         return headers
 
     def pass_headers(self, req: Incoming, route: Route) -> CIMultiDict[str]:

@@ -354,6 +354,10 @@ class RouteCacheConfig(_Model):
     # Client request fields a fill forwards; each becomes part of the key (like a Vary the
     # origin did not have to send). Nothing else the client sends reaches a shared fill.
     forward_headers: list[str] = Field(default_factory=list)
+    # Also send the client's other end-to-end fields, outside the key (never the gateway's own
+    # or the override fields): classic CDN behaviour, safe only with an origin whose Vary names
+    # every request field it uses. Off: nothing unkeyed reaches a shared fill.
+    forward_unkeyed: bool = False
     # What a client's `no-cache` / `max-age=0` / `Pragma: no-cache` does: `honor` revalidates
     # each time, `coalesce` at most once per key per second (concurrent ones share it),
     # `ignore` serves from the cache as if it were absent.

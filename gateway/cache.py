@@ -25,6 +25,7 @@ from gateway.canonical import (
     query_values,
 )
 from gateway.coalesce import SingleFlight
+from gateway.directives import http_date_text
 from gateway.generations import Generations
 from gateway.headers import (
     NOT_STORED,
@@ -271,6 +272,7 @@ class Cache:
         only_if_cached = "Cache-Control" in req.headers and "only-if-cached" in (
             policy.parse_cache_control(req.headers.getall("Cache-Control"))
         )
+        client_no_cache = look.route.cfg.cache.client_no_cache
         if entry is not None:
             verdict = policy.judge(
                 entry.freshness,
@@ -278,6 +280,8 @@ class Cache:
                 req.headers,
                 soft_since is not None,
                 soft_grace=0.0 if soft_since is None else soft_since + self.bust_grace - now,
+                client_no_cache=client_no_cache,
+                validated_ago=now - entry.response_time,
             )
             if verdict.reuse is policy.Reuse.FRESH:
                 self.count("hit", look.tenant)
@@ -294,7 +298,15 @@ class Cache:
             fwd = "request" if verdict.detail.startswith("req-") else "stale"
         if only_if_cached:  # RFC 9111 5.2.1.7: never to the origin
             return self.error_reply(504, "not in cache (only-if-cached)", fwd="miss")
-        if look.alone or self._is_pass(look.key):
+        # A request that may not share a fill: credentials, a key known not to be shareable, or
+        # no-store (its response must not be stored, and it must not make the key a pass for
+        # everyone else; it still joins a fill already running).
+        no_store = "no-store" in policy.request_directives(req.headers, client_no_cache)
+        if (
+            look.alone
+            or self._is_pass(look.key)
+            or (no_store and not self.flights.in_flight(look.key))
+        ):
             return await self._fill_alone(look, collapsed=False)
         task, leader = self.flights.start(look.key, lambda: self.fill(look, look.stale))
         try:
@@ -408,6 +420,8 @@ class Cache:
         rh = resp.headers
         if policy.coded_without_vary(rh):  # chosen by the Accept-Encoding bucket every fill sends
             rh.add("Vary", "Accept-Encoding")
+        if "Date" not in rh:  # RFC 9110 6.6.1: a cache records when it received a dateless one
+            rh["Date"] = http_date_text(resp.response_time)
         if stale is not None and resp.status == 304:
             resp.close()
             merged = policy.merge_not_modified(stale.headers, rh)
@@ -421,7 +435,9 @@ class Cache:
         ):
             resp.close()
             raise OriginStatusError(route.cfg.origin, resp.status)
-        reason = policy.storable("GET", resp.status, look.req.headers, rh, route.rules)
+        reason = policy.storable(
+            "GET", resp.status, look.req.headers, rh, route.rules, route.cfg.cache.client_no_cache
+        )
         if reason is not None:
             return Passed(resp, reason)
         length = rh.get("Content-Length", "")
@@ -559,7 +575,13 @@ class Cache:
             ("X-Cache", x_cache),
         ]
         if ("If-None-Match" in req.headers or "If-Modified-Since" in req.headers) and (
-            policy.not_modified(req.headers, req.method, entry.status, CIMultiDict(entry.headers))
+            policy.not_modified(
+                req.headers,
+                req.method,
+                entry.status,
+                CIMultiDict(entry.headers),
+                response_time=entry.response_time,
+            )
         ):
             return Reply(304, [*_validator_fields(base), *extra])
         if "Range" in req.headers and req.method == "GET" and entry.status == 200:

@@ -6,6 +6,7 @@ would turn a caching hint into an outage, so nothing here raises on any input.
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import re
 import time
@@ -134,6 +135,11 @@ _HTTP_DATES = tuple(
         rf"{_DAY} {_MONTH} (?P<day>\d\d| \d) {_TIME} (?P<year>\d{{4}})",  # asctime-date
     )
 )
+
+
+def http_date_text(when: float) -> str:
+    """An IMF-fixdate (RFC 9110 5.6.7) for epoch seconds, e.g. `Tue, 01 Dec 2026 03:04:41 GMT`."""
+    return email.utils.formatdate(when, usegmt=True)
 
 
 def http_date(value: str | None) -> float | None:

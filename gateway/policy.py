@@ -42,6 +42,11 @@ UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 303, 307}
 KNOWN_DIRECTIVES = (DELTA_DIRECTIVES - {"min-fresh", "max-stale"}) | FLAG_DIRECTIVES
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+# Request directives that send a request to the origin whatever the cache holds.
+_ORIGIN_FORCING = frozenset({"no-cache", "max-age", "min-fresh", "no-store"})
+# With client_no_cache: coalesce, clients cause at most one revalidation per entry this often.
+CLIENT_REVALIDATION = 1.0
 SURROGATE_CONTROL = "surrogate-control"
 
 # Fields a 304 must not change in the stored copy (RFC 9111 3.2): Content-Length always; the
@@ -63,6 +68,8 @@ class RouteRules:
     max_swr: float | None = None  # cap on what the origin may ask for
     max_sie: float | None = None
     targeted_fields: tuple[str, ...] = ("cdn-cache-control", "surrogate-control")
+    # The defaults above apply even where s-maxage implies proxy-revalidate (CDN-style grace).
+    stale_overrides_origin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,9 @@ class Freshness:
     sie: float = 0.0  # stale-if-error window after expiry
     must_revalidate: bool = False  # must-revalidate / proxy-revalidate: never served stale
     no_cache: bool = False  # store, but validate before every reuse
+    # s-maxage implies proxy-revalidate for a shared cache: stale only within the origin's own
+    # stale-* windows, never on a client's max-stale or stale-if-error.
+    proxy_revalidate: bool = False
 
 
 class Reuse(enum.Enum):
@@ -187,6 +197,27 @@ def _request_directives(req_headers: Headers) -> dict[str, str | None]:
     return {}
 
 
+def request_directives(req_headers: Headers, client_no_cache: str = "honor",
+                       validated_ago: float = math.inf) -> dict[str, str | None]:
+    """The request directives the cache obeys, after the route's `client_no_cache` policy.
+
+    A client's no-cache, max-age and min-fresh (RFC 9111 5.2.1) make the cache go to the origin,
+    so any client could turn a shared cache off for everyone. `honor` obeys them as written;
+    `coalesce` obeys them at most once per CLIENT_REVALIDATION seconds per entry (an entry the
+    origin validated that recently satisfies them); `ignore` drops them, and a request
+    no-store too, as nginx does. only-if-cached, max-stale and stale-if-error only ever ask for
+    less from the origin, and stay.
+    """
+    req = _request_directives(req_headers)
+    if client_no_cache == "honor" or not req.keys() & _ORIGIN_FORCING:
+        return req
+    if client_no_cache == "ignore":
+        return {k: v for k, v in req.items() if k not in _ORIGIN_FORCING}
+    if validated_ago < CLIENT_REVALIDATION:
+        return {k: v for k, v in req.items() if k not in _ORIGIN_FORCING or k == "no-store"}
+    return req
+
+
 def strip_fields(resp_headers: Headers, rules: RouteRules | None = None) -> tuple[str, ...]:
     """Lower-cased names listed in private="..." / no-cache="..." (RFC 9111 5.2.2.4, 5.2.2.7).
 
@@ -207,7 +238,7 @@ def strip_fields(resp_headers: Headers, rules: RouteRules | None = None) -> tupl
 
 
 def storable(method: str, status: int, req_headers: Headers, resp_headers: Headers,
-             rules: RouteRules) -> str | None:
+             rules: RouteRules, client_no_cache: str = "honor") -> str | None:
     """None when a shared cache may store the response (RFC 9111 3, 3.5), else the reason.
 
     Reasons: "method", "status", "must-understand", "no-store", "private", "authorization",
@@ -220,7 +251,7 @@ def storable(method: str, status: int, req_headers: Headers, resp_headers: Heade
         return "method"
     if not 200 <= status <= 599 or status in (206, 304):
         return "status"
-    if "no-store" in _request_directives(req_headers):
+    if "no-store" in request_directives(req_headers, client_no_cache):
         return "no-store"  # RFC 9111 5.2.1.5
     d = _effective(resp_headers, rules)
     if "must-understand" in d.cc and status not in UNDERSTOOD_STATUSES:
@@ -264,7 +295,10 @@ def _lifetime(status: int, resp_headers: Headers, response_time: float, rules: R
         # RFC 9111 5.3: an invalid date, or several lines, means already expired.
         expires_at = http_date(expires[0]) if len(expires) == 1 else None
         return 0.0 if expires_at is None else max(0.0, expires_at - date_value)
-    if rules.heuristic_fraction is not None and status in HEURISTIC_STATUSES:
+    # RFC 9111 4.2.2: heuristically cacheable statuses, and any status marked public.
+    if rules.heuristic_fraction is not None and (
+        status in HEURISTIC_STATUSES or "public" in d.cc
+    ):
         last_modified = http_date(_first(resp_headers, "Last-Modified"))
         if last_modified is not None:
             guess = rules.heuristic_fraction * max(0.0, date_value - last_modified)
@@ -287,22 +321,25 @@ def freshness(status: int, resp_headers: Headers, response_time: float,
     """Lifetime from CDN-Cache-Control > Surrogate-Control > s-maxage > max-age > Expires >
     heuristic (only if the route enables it), plus the RFC 5861 windows.
 
-    Deliberate deviation from RFC 9111 5.2.2.10: s-maxage does not imply proxy-revalidate here.
-    Like Fastly, Cloudflare and Varnish we read it as plain shared-cache freshness, so origin
-    stale-while-revalidate / stale-if-error and the route defaults still apply next to it. Only
-    an explicit must-revalidate / proxy-revalidate / no-cache / no-store forbids serving stale
-    (RFC 9111 4.2.4): then both windows are 0, whatever the origin or the route asked for.
+    An explicit must-revalidate / proxy-revalidate / no-cache / no-store forbids serving stale
+    (RFC 9111 4.2.4): both windows are 0, whatever the origin or the route asked for. s-maxage
+    implies proxy-revalidate for a shared cache (RFC 9111 5.2.2.10): the route's default windows
+    do not apply to it (unless the route says `stale_overrides_origin`), but the origin's own
+    stale-while-revalidate / stale-if-error, sent next to s-maxage, are explicit and do.
     """
     d = _effective(resp_headers, rules)
     forbidden = d.must_revalidate or d.no_cache or d.forbids_storing(status)
+    implied = "s-maxage" in d.cc and not rules.stale_overrides_origin
+    default_swr, default_sie = (0.0, 0.0) if implied else (rules.default_swr, rules.default_sie)
     swr = "stale-while-revalidate"
     sie = "stale-if-error"
     return Freshness(
         lifetime=_lifetime(status, resp_headers, response_time, rules, d),
-        swr=_window(d.cc.get(swr), swr in d.cc, rules.max_swr, rules.default_swr, forbidden),
-        sie=_window(d.cc.get(sie), sie in d.cc, rules.max_sie, rules.default_sie, forbidden),
+        swr=_window(d.cc.get(swr), swr in d.cc, rules.max_swr, default_swr, forbidden),
+        sie=_window(d.cc.get(sie), sie in d.cc, rules.max_sie, default_sie, forbidden),
         must_revalidate=d.must_revalidate,
         no_cache=d.no_cache,
+        proxy_revalidate=implied,
     )
 
 
@@ -324,11 +361,14 @@ def initial_age(resp_headers: Headers, request_time: float, response_time: float
 
 
 def judge(fresh: Freshness, age: float, req_headers: Headers, now_soft_stale: bool = False,
-          *, soft_grace: float = 0.0) -> Judgement:
+          *, soft_grace: float = 0.0, client_no_cache: str = "honor",
+          validated_ago: float = math.inf) -> Judgement:
     """May a stored response of this age be reused for this request (RFC 9111 4.2, 5.2.1; RFC 5861)?
     `now_soft_stale` forces the entry to count as stale (soft purge / soft bust); it may still be
     served while revalidating for `soft_grace` more seconds (or within its swr window), unless
-    the response forbids stale (must-revalidate, no-cache)."""
+    the response forbids stale (must-revalidate, no-cache). The request's directives are read
+    through `request_directives` (the route's client_no_cache, and `validated_ago`: seconds since
+    the origin last confirmed the entry)."""
     age = max(0.0, age)
     ttl = fresh.lifetime - age
     if now_soft_stale:
@@ -337,7 +377,7 @@ def judge(fresh: Freshness, age: float, req_headers: Headers, now_soft_stale: bo
     def verdict(reuse: Reuse, detail: str = "") -> Judgement:
         return Judgement(reuse, age, ttl, detail)
 
-    req = _request_directives(req_headers)
+    req = request_directives(req_headers, client_no_cache, validated_ago)
     if "no-cache" in req:
         return verdict(Reuse.VALIDATE, "req-no-cache")  # RFC 9111 5.2.1.4
     if "max-age" in req and age > (delta_seconds(req["max-age"]) or 0):
@@ -351,7 +391,7 @@ def judge(fresh: Freshness, age: float, req_headers: Headers, now_soft_stale: bo
     if fresh.must_revalidate:
         return verdict(Reuse.VALIDATE, "stale")  # RFC 9111 5.2.2.2, 5.2.2.8
     staleness = -ttl
-    if "max-stale" in req:  # RFC 9111 5.2.1.2
+    if "max-stale" in req and not fresh.proxy_revalidate:  # RFC 9111 5.2.1.2, 5.2.2.10
         limit = req["max-stale"]
         if limit is None or staleness <= (delta_seconds(limit) or 0):
             return verdict(Reuse.FRESH, "max-stale")
@@ -377,6 +417,8 @@ def usable_if_error(fresh: Freshness, age: float, req_headers: Headers) -> bool:
     staleness = -ttl
     if fresh.sie > 0 and staleness <= fresh.sie:
         return True
+    if fresh.proxy_revalidate:
+        return False  # RFC 9111 5.2.2.10: only the origin's own window, not the client's
     asked = _request_directives(req_headers).get("stale-if-error", "")
     limit = delta_seconds(asked)
     return limit is not None and staleness <= limit

@@ -56,6 +56,7 @@ def compile_route(cfg: RouteConfig) -> Route:
         default_sie=c.stale_if_error,
         max_swr=c.max_stale_while_revalidate,
         max_sie=c.max_stale_if_error,
+        stale_overrides_origin=c.stale_overrides_origin,
     )
     methods = frozenset(m.upper() for m in cfg.match.methods) if cfg.match.methods else None
     host = cfg.match.host.lower()

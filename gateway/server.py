@@ -53,8 +53,9 @@ class JsonError(Exception):
 class Gateway:
     """Everything one gateway instance owns; the handlers are thin calls into it."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock  # the one wall clock: cache decisions, origin times, purges, busts
         self.router = Router(config)
         self.store = MemoryStore(
             config.cache.memory.max_bytes,
@@ -62,7 +63,9 @@ class Gateway:
             tenant_quota=config.tenant_quota,
             on_evict=lambda entry: self.cache.count("evictions", entry.tenant),
         )
-        self.upstreams = {name: Upstream(name, cfg) for name, cfg in config.origins.items()}
+        self.upstreams = {
+            name: Upstream(name, cfg, self.now) for name, cfg in config.origins.items()
+        }
         self._retiring: dict[asyncio.Task[None], Upstream] = {}
         self.cache = Cache(
             name=config.cache.name,
@@ -73,7 +76,12 @@ class Gateway:
             bust_grace=config.cache.bust_grace,
             collapse_timeout=config.cache.collapse_timeout,
             pass_ttl=config.cache.pass_ttl,
+            clock=self.now,
         )
+
+    def now(self) -> float:
+        """`clock()`, looked up each time so that tests can move time for every part at once."""
+        return self.clock()
 
     async def start(self) -> None:
         for upstream in self.upstreams.values():
@@ -98,7 +106,7 @@ class Gateway:
         upstreams = dict(self.upstreams)
         for name, cfg in config.origins.items():
             if name not in upstreams or old.origins.get(name) != cfg:
-                upstreams[name] = Upstream(name, cfg)
+                upstreams[name] = Upstream(name, cfg, self.now)
                 upstreams[name].open()
         retired = [u for n, u in self.upstreams.items() if upstreams.get(n) is not u]
         for name in set(upstreams) - set(config.origins):
@@ -133,7 +141,7 @@ class Gateway:
         soft: bool = False,
     ) -> int:
         """Purge one tenant's entries by URL, prefix, tag, or all; soft marks them stale."""
-        soft_at = time.time() if soft else None
+        soft_at = self.clock() if soft else None
         if urls is not None:
             count = 0
             sites = await self.store.sites(tenant)
@@ -167,7 +175,7 @@ class Gateway:
 
     def bust(self, tenant: str, *, soft: bool) -> dict[str, object]:
         """Bump the tenant's (or with `*` the global) generation: hard = new keys, O(1)."""
-        result = self.cache.generations.bump(tenant, soft=soft, now=time.time())
+        result = self.cache.generations.bump(tenant, soft=soft, now=self.clock())
         self.cache.count("soft_busts" if soft else "hard_busts", tenant)
         return result
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -146,9 +146,12 @@ class OriginResponse:
 class Upstream:
     """The client side of one origin."""
 
-    def __init__(self, name: str, cfg: OriginConfig) -> None:
+    def __init__(
+        self, name: str, cfg: OriginConfig, clock: Callable[[], float] = time.time
+    ) -> None:
         self.name = name
         self.cfg = cfg
+        self.clock = clock  # wall clock of request and response times (RFC 9111 4.2.3)
         base = URL(str(cfg.url))
         self._origin = str(base.origin())
         self._base_path = base.raw_path.rstrip("/")
@@ -219,7 +222,7 @@ class Upstream:
             self.breaker.failure(time.monotonic())
         else:
             self.breaker.success(time.monotonic())
-        return OriginResponse(resp, budget, request_time, time.time())
+        return OriginResponse(resp, budget, request_time, self.clock())
 
     async def _send(
         self,
@@ -232,7 +235,7 @@ class Upstream:
         assert self._session is not None
         url = self.url(raw_path_qs)
         for attempt in range(attempts):
-            request_time = time.time()
+            request_time = self.clock()
             self.fetches += 1
             try:
                 resp = await self._session.request(

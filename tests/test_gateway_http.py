@@ -137,10 +137,12 @@ async def test_expired_entry_is_revalidated_with_etag_and_keeps_its_body(
     assert hit.headers["X-Cache"] == "HIT"
 
 
-async def test_request_no_cache_goes_to_the_origin(
+async def test_request_no_cache_goes_to_the_origin_when_the_route_honors_it(
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    gw, _ = await make_gateway(
+        str(echo_origin.make_url("/")), route_cache=", client_no_cache: honor"
+    )
     path = spec("/nc", "Cache-Control:max-age=60")
     await get(http, gw, path)
     resp, _ = await get(http, gw, path, headers={"Cache-Control": "no-cache"})

@@ -172,7 +172,7 @@ async def test_stale_if_error_serves_the_stale_entry_for_each_kind_of_origin_fai
     gw, _ = await make_gateway(
         str(loader.make_url("/")),
         read_timeout="400ms",
-        route_cache=", stale_if_error: 5m",
+        route_cache=", stale_if_error: 5m, stale_overrides_origin: true",  # over s-maxage
         origin_extra=", breaker: {failures: 100}",
     )
     cached, cold = BUNDLE.format(p="p1"), BUNDLE.format(p="p2")
@@ -198,6 +198,23 @@ async def test_stale_if_error_serves_the_stale_entry_for_each_kind_of_origin_fai
     assert resp.headers["ETag"] == fresh.headers["ETag"]
     resp, body = await get(http, gw, cold)
     assert resp.status == 502 and json.loads(body)["error"] == "origin unreachable"
+
+
+async def test_route_grace_does_not_serve_an_s_maxage_response_stale_rfc9111_5_2_2_10(
+    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    loader = await start_loader(aiohttp_server, s_maxage=1, swr=0)
+    gw, _ = await make_gateway(
+        str(loader.make_url("/")),
+        route_cache=", stale_if_error: 5m, stale_while_revalidate: 5m",
+        origin_extra=", breaker: {failures: 100}",
+    )
+    cached = BUNDLE.format(p="p1")
+    await get(http, gw, cached)
+    await asyncio.sleep(1.1)  # s-maxage=1 implies proxy-revalidate: stale now means revalidate
+    await loader_call(http, loader, "/__faults", {"status": 503})
+    resp, _ = await get(http, gw, cached)
+    assert (resp.status, resp.headers["X-Cache"]) == (503, "MISS")
 
 
 async def test_304_from_the_origin_refreshes_headers_and_keeps_the_body(

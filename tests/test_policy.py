@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from email.utils import formatdate
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.directives import delta_seconds, http_date
@@ -23,6 +25,7 @@ from gateway.policy import (
     merge_not_modified,
     not_modified,
     parse_cache_control,
+    request_directives,
     storable,
     strip_fields,
     usable_if_error,
@@ -315,6 +318,17 @@ def test_heuristic_freshness_needs_last_modified_and_a_cacheable_status_rfc9111_
     assert lifetime(("Date", date(NOW)), modified, status=404, rules=rules) == 100
 
 
+@pytest.mark.parametrize("status", [200, 302, 307, 403, 500])
+def test_a_public_response_of_any_status_gets_a_heuristic_lifetime_rfc9111_4_2_2(
+    status: int,
+) -> None:
+    rules = RouteRules(heuristic_fraction=0.1)
+    pairs = (("Date", date(NOW)), ("Last-Modified", date(NOW - 1000)), ("Cache-Control", "public"))
+    assert lifetime(*pairs, status=status, rules=rules) == 100
+    assert store(*pairs, status=status, rules=rules) is None
+    assert lifetime(*pairs, status=status) == 0  # heuristics stay off unless the route asks
+
+
 def test_heuristic_freshness_never_overrides_explicit_expiry_rfc9111_4_2_2() -> None:
     rules = RouteRules(heuristic_fraction=0.1)
     pairs = (("Cache-Control", "max-age=0"), ("Last-Modified", date(NOW - 10_000)))
@@ -362,11 +376,25 @@ def test_must_revalidate_and_proxy_revalidate_forbid_stale_rfc9111_5_2_2_2() -> 
         assert freshness(200, h(("Cache-Control", cc)), NOW, RULES).must_revalidate
 
 
-def test_s_maxage_alone_does_not_imply_must_revalidate_cdn_convention_rfc9111_5_2_2_10() -> None:
-    """Deliberate deviation: read as plain shared-cache freshness, as Fastly / Varnish do."""
-    rules = RouteRules(default_swr=15)
+def test_s_maxage_implies_proxy_revalidate_route_defaults_do_not_apply_rfc9111_5_2_2_10() -> None:
+    rules = RouteRules(default_swr=15, default_sie=300)
     fresh = freshness(200, h(("Cache-Control", "s-maxage=60")), NOW, rules)
+    assert fresh == Freshness(lifetime=60, proxy_revalidate=True)
+    assert judge(fresh, 70, h(("Cache-Control", "max-stale=3600"))).reuse is Reuse.VALIDATE
+    assert not usable_if_error(fresh, 70, h(("Cache-Control", "stale-if-error=3600")))
+
+
+def test_stale_overrides_origin_lets_route_grace_apply_over_s_maxage() -> None:
+    rules = RouteRules(default_swr=15, default_sie=300, stale_overrides_origin=True)
+    fresh = freshness(200, h(("Cache-Control", "s-maxage=60")), NOW, rules)
+    assert fresh == Freshness(lifetime=60, swr=15, sie=300)
+
+
+def test_max_age_alone_keeps_route_defaults_and_client_max_stale_rfc9111_5_2_1_2() -> None:
+    rules = RouteRules(default_swr=15)
+    fresh = freshness(200, h(("Cache-Control", "max-age=60")), NOW, rules)
     assert fresh == Freshness(lifetime=60, swr=15)
+    assert judge(fresh, 100, h(("Cache-Control", "max-stale=3600"))).reuse is Reuse.FRESH
 
 
 def test_unqualified_no_cache_requires_validation_rfc9111_5_2_2_4() -> None:
@@ -416,9 +444,13 @@ def test_explicit_windows_are_dropped_when_stale_is_forbidden_rfc9111_4_2_4(dire
     assert (fresh.swr, fresh.sie) == (0, 0)
 
 
-def test_explicit_windows_apply_alongside_s_maxage_cdn_convention_rfc5861_3() -> None:
+def test_the_origins_own_windows_apply_alongside_s_maxage_rfc5861_3() -> None:
     cc = "s-maxage=60, stale-while-revalidate=30, stale-if-error=90"
-    assert freshness(200, h(("Cache-Control", cc)), NOW, RULES) == Freshness(60, 30, 90)
+    rules = RouteRules(default_swr=5, default_sie=5)
+    fresh = freshness(200, h(("Cache-Control", cc)), NOW, rules)
+    assert fresh == Freshness(60, 30, 90, proxy_revalidate=True)
+    assert judge(fresh, 80, h()).reuse is Reuse.STALE_WHILE_REVALIDATE
+    assert usable_if_error(fresh, 140, h())
 
 
 # --- initial_age -----------------------------------------------------------------------------
@@ -763,3 +795,59 @@ def test_cache_status_detail_not_a_token_is_an_escaped_string_rfc9211_2_8() -> N
 
 def test_cache_status_name_not_a_token_is_a_string_rfc9211_2() -> None:
     assert cache_status("my cache", hit=True) == '"my cache"; hit'
+
+
+# --- client_no_cache: what a client's directives may make the cache do -----------------------
+
+
+FORCING = ["no-cache", "max-age=0", "min-fresh=60", "no-store"]
+
+
+@pytest.mark.parametrize("directive", FORCING)
+def test_honor_keeps_every_request_directive_rfc9111_5_2_1(directive: str) -> None:
+    req = h(("Cache-Control", f"{directive}, max-stale=5"))
+    assert request_directives(req, "honor", validated_ago=0).keys() == {
+        directive.split("=")[0], "max-stale"
+    }
+
+
+@pytest.mark.parametrize("directive", FORCING)
+def test_ignore_drops_what_forces_the_origin_and_keeps_the_rest(directive: str) -> None:
+    req = h(("Cache-Control", f"{directive}, only-if-cached, max-stale=5"))
+    assert request_directives(req, "ignore").keys() == {"only-if-cached", "max-stale"}
+
+
+def test_coalesce_obeys_forcing_directives_once_a_second_but_always_no_store() -> None:
+    req = h(("Cache-Control", "no-cache, max-age=0, min-fresh=9, no-store"))
+    assert request_directives(req, "coalesce", validated_ago=5.0).keys() == {
+        "no-cache", "max-age", "min-fresh", "no-store"
+    }
+    assert request_directives(req, "coalesce", validated_ago=0.5).keys() == {"no-store"}
+    pragma = h(("Pragma", "no-cache"))
+    assert request_directives(pragma, "coalesce", validated_ago=0.5) == {}
+    assert request_directives(pragma, "coalesce", validated_ago=1.5) == {"no-cache": None}
+
+
+@given(
+    st.sampled_from(["honor", "coalesce", "ignore"]),
+    st.floats(min_value=0, max_value=1e6),
+    st.lists(st.sampled_from([*FORCING, "max-stale", "only-if-cached", "x-y=1"]), max_size=5),
+)
+def test_a_policy_never_adds_a_directive_and_only_honor_keeps_all(
+    mode: str, ago: float, directives: list[str]
+) -> None:
+    req = h(("Cache-Control", ", ".join(directives))) if directives else h()
+    written = request_directives(req, "honor")
+    seen = request_directives(req, mode, validated_ago=ago)
+    assert seen.keys() <= written.keys()
+    assert written.keys() - seen.keys() <= {"no-cache", "max-age", "min-fresh", "no-store"}
+
+
+def test_judge_serves_a_just_validated_entry_to_no_cache_under_coalesce() -> None:
+    fresh = Freshness(lifetime=60)
+    req = h(("Cache-Control", "no-cache"))
+    assert judge(fresh, 10, req, client_no_cache="coalesce", validated_ago=0.2).reuse is Reuse.FRESH
+    assert judge(fresh, 10, req, client_no_cache="coalesce", validated_ago=2).reuse is (
+        Reuse.VALIDATE
+    )
+    assert judge(fresh, 10, req, client_no_cache="ignore").reuse is Reuse.FRESH

@@ -42,9 +42,7 @@ from gateway.upstream import (
     FAILURE_STATUSES,
     OriginError,
     OriginResponse,
-    OriginTimeout,
     OriginUnavailable,
-    OriginUnreachable,
     Upstream,
 )
 
@@ -519,7 +517,7 @@ class Cache:
             )
             return self.from_entry(look, entry, now, "STALE", status)
         self.count("origin_errors", look.tenant)
-        return self.error_reply(exc.status, exc.reason, fwd=fwd, retry_after=exc.retry_after)
+        return self.origin_error_reply(exc, fwd)
 
     def stored_reply(
         self, look: Lookup, result: Stored, fwd: str, *, collapsed: bool, own: bool
@@ -608,10 +606,25 @@ class Cache:
         unsatisfied = ("Content-Range", f"bytes */{length}")
         return Reply(416, [*_validator_fields(base), *extra, unsatisfied])
 
+    def origin_error_reply(self, exc: OriginError, fwd: str) -> Reply:
+        """The clean JSON 502/503/504 (or 408) for an origin failure, saying what failed."""
+        return self.error_reply(
+            exc.status, exc.reason, fwd=fwd, retry_after=exc.retry_after, detail=exc.detail
+        )
+
     def error_reply(
-        self, status: int, reason: str, *, fwd: str, retry_after: float | None = None
+        self,
+        status: int,
+        reason: str,
+        *,
+        fwd: str,
+        retry_after: float | None = None,
+        detail: str = "",
     ) -> Reply:
-        body = json.dumps({"error": reason, "status": status}).encode()
+        payload: dict[str, object] = {"error": reason, "status": status}
+        if detail:
+            payload["detail"] = detail
+        body = json.dumps(payload).encode()
         headers = [
             ("Content-Type", "application/json"),
             ("Cache-Control", "no-store"),
@@ -678,14 +691,9 @@ async def _read_up_to(resp: OriginResponse, limit: int) -> tuple[bytes, bool]:
     """Read the body while it fits in `limit`; (prefix, False) once it does not."""
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in resp.resp.content.iter_any():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                return b"".join(chunks), False
-    except TimeoutError as exc:
-        raise OriginTimeout("origin", "reading body") from exc
-    except Exception as exc:
-        raise OriginUnreachable("origin", f"reading body: {type(exc).__name__}") from exc
+    async for chunk in resp.chunks():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks), False
     return b"".join(chunks), True

@@ -267,7 +267,18 @@ class OriginConfig(_Model):
 
     url: str
     connect_timeout: PositiveDuration = 2.0
-    read_timeout: PositiveDuration = 30.0
+    read_timeout: PositiveDuration = 30.0  # between two reads
+    # Total time waiting on the origin for one fetch, headers and body (0: none), and the
+    # lowest average body rate once min_rate_grace has passed (bytes per second, 0: none).
+    fetch_timeout: Annotated[Duration, Field(ge=0)] = 60.0
+    min_transfer_rate: Annotated[Size, Field(ge=0)] = 1024
+    min_rate_grace: Annotated[Duration, Field(ge=0)] = 5.0  # body wait before the rate applies
+    # Idle origin connections are reused for at most this long: below the origin's own idle
+    # timeout (Node closes after 5 s), or a request races the origin's close.
+    idle_timeout: PositiveDuration = 4.0
+    # Request bodies up to this size are read whole before they are sent, so that one can be
+    # sent again when a kept-alive connection turns out closed; larger ones are streamed.
+    replay_body_limit: Annotated[Size, Field(ge=0)] = 64 << 10
     max_connections: int = Field(default=100, ge=1)
     max_concurrency: int = Field(default=64, ge=1)
     max_queue: int = Field(default=1024, ge=0)

@@ -7,7 +7,6 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import StreamReader, web
 
 from gateway import policy
@@ -15,12 +14,11 @@ from gateway.cache import Cache, Incoming, Reply
 from gateway.canonical import ClientFields, Target, parse_target
 from gateway.headers import client_response_headers
 from gateway.router import Route
-from gateway.upstream import BodyStalled, OriginError
+from gateway.upstream import BodyStalled, ClientStalled, OriginError
 
 log = logging.getLogger("gateway.proxy")
 
 NO_BODY_STATUSES = frozenset({204, 304})
-CHUNK = 64 * 1024
 TARGET_MEMO = 4096  # parsed request targets remembered
 TARGET_MEMO_LENGTH = 1024  # longer targets are parsed each time, not remembered
 
@@ -51,12 +49,12 @@ async def forward(
     """Any method, bodies streamed both ways; unsafe successes invalidate the cached URL."""
     upstream = cache.upstreams[route.cfg.origin]
     headers = cache.pass_headers(req, route)
-    body = _stall_guarded(request.content, body_timeout) if request.body_exists else None
     fwd = "bypass" if not route.cached or req.method in ("GET", "HEAD") else "method"
     try:
+        body = await _request_body(request, upstream.cfg.replay_body_limit, body_timeout)
         resp = await upstream.request(req.method, req.target.path_qs, headers, body)
     except OriginError as exc:
-        return cache.error_reply(exc.status, exc.reason, fwd=fwd, retry_after=exc.retry_after)
+        return cache.origin_error_reply(exc, fwd)
     if route.cached and policy.invalidates(req.method, resp.status):
         await cache.invalidate(cache.locate(req, route), resp.headers)
     cache.counters["bypass"] += 1
@@ -73,6 +71,23 @@ async def forward(
     if length is not None:
         out.append(("Content-Length", length))
     return Reply(resp.status, out, stream=resp)
+
+
+async def _request_body(
+    request: web.BaseRequest, replay_limit: int, idle: float
+) -> bytes | AsyncIterator[bytes] | None:
+    """The client's body as the origin gets it: read whole when it is small enough to be sent
+    again (see Upstream.request), streamed otherwise; ClientStalled if the client stalls."""
+    if not request.body_exists:
+        return None
+    body = _stall_guarded(request.content, idle)
+    length = request.content_length
+    if length is None or length > replay_limit:
+        return body
+    try:
+        return b"".join([chunk async for chunk in body])
+    except BodyStalled:
+        raise ClientStalled("client") from None
 
 
 async def _stall_guarded(content: StreamReader, idle: float) -> AsyncIterator[bytes]:
@@ -104,15 +119,15 @@ async def write(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
         if not bodyless:
             if reply.body:
                 await resp.write(reply.body)
-            async for chunk in origin.resp.content.iter_chunked(CHUNK):
+            async for chunk in origin.chunks():
                 await resp.write(chunk)
         await resp.write_eof()
         return resp
-    except (ConnectionError, OSError, TimeoutError, aiohttp.ClientError) as exc:
-        # The client went away, or the origin did mid-body. Headers are gone already (with a
-        # Content-Length the client would wait for): the only honest signal is to cut the
-        # connection.
-        log.warning("stream aborted for %s: %s", request.path, type(exc).__name__)
+    except (ConnectionError, OSError, OriginError) as exc:
+        # The client went away, or the origin did (or was too slow) mid-body. Headers are gone
+        # already (with a Content-Length the client would wait for): the only honest signal is
+        # to cut the connection.
+        log.warning("stream aborted for %s: %s", request.path, exc)
         if request.transport is not None:
             request.transport.close()
         return resp

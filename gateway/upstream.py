@@ -7,16 +7,20 @@ the handlers never show a traceback and the cache can decide to serve stale inst
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.breaker import Breaker
+from gateway.budget import Budget
 from gateway.config import OriginConfig
+from gateway.transfer import TransferDeadline, idle_limit, keep_alive_timeout
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Statuses a stale entry may stand in for (RFC 5861 4).
@@ -77,54 +81,17 @@ class OriginUnavailable(OriginError):
     reason = "origin unavailable"
 
 
-class Budget:
-    """A concurrency cap with a bounded queue and a bounded wait: excess load fails fast."""
-
-    def __init__(self, limit: int, max_queue: int, max_wait: float) -> None:
-        self.limit = limit
-        self.max_queue = max_queue
-        self.max_wait = max_wait
-        self.in_use = 0
-        self.in_use_max = 0
-        self.rejected = 0
-        self._sem = asyncio.Semaphore(limit)
-        self._queued = 0
-
-    async def acquire(self) -> bool:
-        """Take a slot: at once when one is free, else queue for at most `max_wait`, unless
-        `max_queue` callers already wait, in which case refuse at once."""
-        if not self._sem.locked():
-            await self._sem.acquire()  # a free slot is taken without yielding to the loop
-        else:
-            if self._queued >= self.max_queue:
-                self.rejected += 1
-                return False
-            self._queued += 1
-            try:
-                async with asyncio.timeout(self.max_wait):
-                    await self._sem.acquire()
-            except TimeoutError:
-                self.rejected += 1
-                return False
-            finally:
-                self._queued -= 1
-        self.in_use += 1
-        self.in_use_max = max(self.in_use_max, self.in_use)
-        return True
-
-    def release(self) -> None:
-        self.in_use -= 1
-        self._sem.release()
-
-
 @dataclass(eq=False)
 class OriginResponse:
-    """An origin response whose headers are read; holds a budget slot until `close()`."""
+    """An origin response whose headers are read; holds a budget slot until `close()`. Its body
+    is read through `chunks()`, which raises only the gateway's own OriginErrors."""
 
     resp: aiohttp.ClientResponse
     budget: Budget
     request_time: float
     response_time: float
+    origin: str = "origin"
+    deadline: TransferDeadline = field(default_factory=lambda: TransferDeadline(None))
     _closed: bool = field(default=False)
 
     @property
@@ -134,6 +101,31 @@ class OriginResponse:
     @property
     def headers(self) -> CIMultiDict[str]:
         return CIMultiDict(self.resp.headers)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives. OriginTimeout past `fetch_timeout` or below the minimum
+        rate (see `gateway.transfer`), OriginUnreachable if the origin goes away mid-body,
+        OriginInvalid if what it sends is not the body it announced."""
+        loop = asyncio.get_running_loop()
+        content = self.resp.content
+        while True:
+            wait, why = self.deadline.next_wait()
+            if wait <= 0:
+                raise OriginTimeout(self.origin, why)
+            started = loop.time()
+            try:
+                async with asyncio.timeout(None if wait == math.inf else wait):
+                    chunk = await content.readany()
+            except TimeoutError as exc:
+                raise OriginTimeout(self.origin, why or "read_timeout") from exc
+            except aiohttp.ClientPayloadError as exc:
+                raise OriginUnreachable(self.origin, f"body cut short: {exc}") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise OriginUnreachable(self.origin, f"reading body: {type(exc).__name__}") from exc
+            self.deadline.spent(loop.time() - started, len(chunk))
+            if not chunk:
+                return
+            yield chunk
 
     def close(self) -> None:
         """Idempotent: returns the connection (or drops it mid-body) and the budget slot."""
@@ -162,23 +154,28 @@ class Upstream:
         self.background = Budget(cfg.background_concurrency, BACKGROUND_QUEUE, BACKGROUND_WAIT)
         self.fetches = 0
         self.failures = 0
+        self.replays = 0  # buffered bodies sent again after a kept-alive connection dropped
         self._session: aiohttp.ClientSession | None = None
+        self._connector: aiohttp.TCPConnector | None = None
 
     def open(self) -> None:
         """Create the client session (inside a running loop)."""
-        connector = aiohttp.TCPConnector(
+        self._connector = aiohttp.TCPConnector(
             limit=self.cfg.max_connections,
             limit_per_host=self.cfg.max_connections,
-            keepalive_timeout=15.0,
+            keepalive_timeout=self.cfg.idle_timeout,
         )
+        tracing = aiohttp.TraceConfig()
+        tracing.on_connection_reuseconn.append(_mark_reused)
         self._session = aiohttp.ClientSession(
-            connector=connector,
+            connector=self._connector,
             auto_decompress=False,
             skip_auto_headers={"Accept-Encoding", "User-Agent", "Content-Type"},
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=[tracing],
         )
 
     async def close(self) -> None:
@@ -193,11 +190,14 @@ class Upstream:
         method: str,
         raw_path_qs: str,
         headers: CIMultiDict[str],
-        body: AsyncIterable[bytes] | None = None,
+        body: bytes | AsyncIterable[bytes] | None = None,
         *,
         background: bool = False,
     ) -> OriginResponse:
-        """Send one request; the caller must `close()` the result. Raises OriginError."""
+        """Send one request; the caller must `close()` the result. Raises OriginError.
+
+        A body given as bytes can be sent again: it is, once, when a kept-alive connection
+        turns out closed as the request goes out (a streamed body cannot be)."""
         assert self._session is not None, "Upstream.start() not called"
         now = time.monotonic()
         if not self.breaker.allow(now):
@@ -206,9 +206,8 @@ class Upstream:
         if not await budget.acquire():
             self.breaker.release_probe()
             raise OriginUnavailable(self.name, "over concurrency budget", 1.0)
-        attempts = 1 + (self.cfg.retries if body is None and method in IDEMPOTENT else 0)
         try:
-            resp, request_time = await self._send(method, raw_path_qs, headers, body, attempts)
+            resp, request_time, waited = await self._send(method, raw_path_qs, headers, body)
         except OriginError:
             budget.release()  # the breaker has counted it
             raise
@@ -222,35 +221,48 @@ class Upstream:
             self.breaker.failure(time.monotonic())
         else:
             self.breaker.success(time.monotonic())
-        return OriginResponse(resp, budget, request_time, self.clock())
+        self._learn_idle_limit(resp.headers.get("Keep-Alive"))
+        total = self.cfg.fetch_timeout - waited if self.cfg.fetch_timeout else None
+        deadline = TransferDeadline(
+            total, float(self.cfg.min_transfer_rate), self.cfg.min_rate_grace
+        )
+        return OriginResponse(resp, budget, request_time, self.clock(), self.name, deadline)
 
     async def _send(
         self,
         method: str,
         raw_path_qs: str,
         headers: CIMultiDict[str],
-        body: AsyncIterable[bytes] | None,
-        attempts: int,
-    ) -> tuple[aiohttp.ClientResponse, float]:
+        body: bytes | AsyncIterable[bytes] | None,
+    ) -> tuple[aiohttp.ClientResponse, float, float]:
+        """The response head, when the request went out, and how long it took to come."""
         assert self._session is not None
         url = self.url(raw_path_qs)
-        for attempt in range(attempts):
+        connects = 1 + (self.cfg.retries if body is None and method in IDEMPOTENT else 0)
+        replayable = isinstance(body, bytes) and method not in IDEMPOTENT
+        loop = asyncio.get_running_loop()
+        while True:
             request_time = self.clock()
+            started = loop.time()
             self.fetches += 1
+            tracking = SimpleNamespace(reused=False)
             try:
-                resp = await self._session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                )
-                return resp, request_time
+                async with asyncio.timeout(self.cfg.fetch_timeout or None):
+                    resp = await self._session.request(
+                        method,
+                        url,
+                        headers=headers,
+                        data=body,
+                        allow_redirects=False,
+                        trace_request_ctx=tracking,
+                    )
+                return resp, request_time, loop.time() - started
             except aiohttp.ClientConnectorError as exc:
-                # Only a failed connect is retried here: the origin never saw the request.
-                # aiohttp itself resends an idempotent request once when a kept-alive
-                # connection drops (RFC 9112 9.3.1); retrying that too would double it.
-                if attempt + 1 < attempts:
+                # A failed connect: the origin never saw the request, any method may go again.
+                # (aiohttp itself resends an idempotent request once when a kept-alive
+                # connection drops, RFC 9112 9.3.1; retrying that too would double it.)
+                connects -= 1
+                if connects > 0:
                     continue
                 self._failed()
                 raise OriginUnreachable(self.name, type(exc).__name__) from exc
@@ -263,9 +275,24 @@ class Upstream:
             except aiohttp.ClientError as exc:
                 if isinstance(exc.__cause__, BodyStalled):
                     raise ClientStalled(self.name) from exc  # not counted against the origin
+                dropped = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+                if dropped and tracking.reused and replayable:
+                    # The origin closed a kept-alive connection as the request went out on it;
+                    # aiohttp resends idempotent requests, this resends a buffered body once.
+                    replayable = False
+                    self.replays += 1
+                    continue
                 self._failed()
                 raise OriginUnreachable(self.name, type(exc).__name__) from exc
-        raise AssertionError("unreachable")
+
+    def _learn_idle_limit(self, keep_alive: str | None) -> None:
+        """Honour an origin's `Keep-Alive: timeout=N`: never reuse a connection it has dropped.
+        aiohttp's connector has one idle timeout for all its connections, and all of this
+        connector's go to this one origin, so the shortest announcement wins."""
+        limit = idle_limit(self.cfg.idle_timeout, keep_alive_timeout(keep_alive))
+        connector = self._connector
+        if connector is not None and limit < (connector._keepalive_timeout or math.inf):
+            connector._keepalive_timeout = limit
 
     def _failed(self) -> None:
         self.failures += 1
@@ -281,4 +308,13 @@ class Upstream:
             "background_in_flight": self.background.in_use,
             "background_in_flight_max": self.background.in_use_max,
             "rejected": self.foreground.rejected + self.background.rejected,
+            "replays": self.replays,
         }
+
+
+async def _mark_reused(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+) -> None:
+    """Trace hook: the request is going out on a kept-alive connection."""
+    if isinstance(context.trace_request_ctx, SimpleNamespace):
+        context.trace_request_ctx.reused = True

@@ -57,6 +57,22 @@ async def test_tenant_over_quota_evicts_only_its_own_entries(
     assert tenants["quiet"]["hit"] == 5
 
 
+async def test_a_scan_of_junk_urls_does_not_evict_a_tenants_hot_entries(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, gateway = await make_gateway("", yaml_text=tenant_yaml(str(echo_origin.make_url("/"))))
+    hot = [spec(f"/bundle{i}", CACHED, body="size:2000", projectId="noisy") for i in range(6)]
+    for _ in range(4):  # popular: asked for again and again
+        for path in hot:
+            await get(http, gw, path)
+    for i in range(120):  # one-off junk in the same tenant, enough to fill its quota 5 times
+        await get(http, gw, spec("/bundle0", CACHED, body="size:2000", projectId="noisy", j=str(i)))
+    for path in hot:
+        resp, _ = await get(http, gw, path)
+        assert resp.headers["X-Cache"] == "HIT", path
+    assert gateway.store.tenant_bytes("noisy") <= 24 * 1024
+
+
 async def test_hard_bust_of_a_tenant_misses_only_that_tenant(
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:

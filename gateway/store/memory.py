@@ -1,70 +1,88 @@
-"""In-process tier: a byte-bounded LRU with per-tenant quotas and purge indexes.
+"""In-process tier: byte-bounded, W-TinyLFU per tenant, with quotas and purge indexes.
 
-Every method is synchronous inside its async signature, so under asyncio no other task can see
-a half-done mutation. All bookkeeping (global LRU, per-tenant LRU, tag index, byte totals) is
-updated together in `_insert` / `_remove`, the only two places that change an entry.
+Every method changes the store only in whole-entry steps (`_insert` / `_remove`, the only two
+places that change an entry), so under asyncio no other task sees a half-done mutation; a purge
+of many entries yields to the event loop between slices of them.
+
+Which entries stay is decided per *space* (`admission.TinyLfu`): each tenant with a quota has
+its own, bounded by the quota; tenants without one share a space bounded by `max_bytes`. A scan
+of one-off keys in one tenant therefore cannot push out that tenant's hot entries, nor anybody
+else's. Quotas may add up to more than `max_bytes`: the store's own bound then evicts the least
+recently used entry of all.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sortedcontainers import SortedList
+
 from gateway.key import escape_part
 from gateway.store import Entry
+from gateway.store.admission import TinyLfu
 
 # Charged per Vary record on top of its key and names (dict slot, tuple, strings' headers).
 VARY_OVERHEAD = 64
+PURGE_SLICE = 1000  # entries a purge removes before letting other requests run
 
 
 @dataclass(slots=True)
 class _Slot:
-    """An entry with the size it was charged at, so later mutation of the entry cannot skew
-    the byte count."""
+    """An entry with the size it was charged at (so later mutation of the entry cannot skew the
+    byte count) and the space it was admitted to (a reload may move its tenant to another)."""
 
     entry: Entry
     size: int
+    space: TinyLfu
 
 
 @dataclass(slots=True)
 class _Tenant:
-    """Per-tenant LRU order (oldest first) doubling as the tenant's key index, and the sites
-    (`scheme://host`) its entries are on, for purges by path. Exists only while it holds entries,
-    so tenant names a client invents cost nothing once their entries are gone."""
+    """A tenant's keys, bytes, the sites (`scheme://host`) its entries are on, its URLs in order
+    (purges by prefix are a range, not a scan) and its own W-TinyLFU space if it has a quota.
+    Exists only while it holds entries, so tenant names a client invents cost nothing once
+    their entries are gone."""
 
-    lru: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    keys: dict[str, None] = field(default_factory=dict)
     bytes: int = 0
     sites: Counter[str] = field(default_factory=Counter)
+    urls: SortedList = field(default_factory=SortedList)
+    space: TinyLfu | None = None
 
 
 def _no_quota(tenant: str) -> int | None:
     return None
 
 
-def _path_and_query(url: str) -> str:
-    """`/path?query` of a normalised `scheme://host/path?query` URL."""
-    scheme_end = url.find("://")
-    start = 0 if scheme_end == -1 else scheme_end + 3
-    slash = url.find("/", start)
-    return "/" if slash == -1 else url[slash:]
-
-
-def _prefix_matcher(url_prefix: str) -> Callable[[str], bool]:
-    """A test of entry URLs: an absolute prefix is matched against the whole URL (scheme and
+def _url_prefixes(url_prefix: str, sites: Iterable[str]) -> list[str]:
+    """The whole-URL prefixes a purge prefix stands for: an absolute one as given (scheme and
     authority lower-cased, `/` added when it has no path so `http://a` does not match
-    `http://ab/`), a path prefix against the path and query only."""
+    `http://ab/`), a path prefix on each of the tenant's sites."""
     scheme_end = url_prefix.find("://")
     if scheme_end != -1:
         slash = url_prefix.find("/", scheme_end + 3)
         if slash == -1:
-            absolute = url_prefix.lower() + "/"
-        else:
-            absolute = url_prefix[:slash].lower() + url_prefix[slash:]
-        return lambda url: url.startswith(absolute)
+            return [url_prefix.lower() + "/"]
+        return [url_prefix[:slash].lower() + url_prefix[slash:]]
     path = url_prefix if url_prefix.startswith("/") else "/" + url_prefix
-    return lambda url: _path_and_query(url).startswith(path)
+    return [site + path for site in sites]
+
+
+def _starting_with(urls: SortedList, prefix: str) -> Iterator[str]:
+    """The URLs of a sorted list that start with `prefix`, in O(log n + matches)."""
+    for url in urls.irange(minimum=prefix):
+        if not url.startswith(prefix):
+            return
+        yield url
+
+
+def _unescape(part: str) -> str:
+    """The inverse of `gateway.key.escape_part`."""
+    return part.replace("%7C", "|").replace("%25", "%") if "%" in part else part
 
 
 def _site(url: str) -> str:
@@ -79,11 +97,12 @@ def _index_names(entry: Entry) -> list[str]:
 
 
 class MemoryStore:
-    """Byte-bounded LRU implementing `Store`, O(1) get, put and eviction.
+    """Byte-bounded store implementing `Store`: O(1) get and put, W-TinyLFU per space.
 
-    A tenant over its quota evicts its own least-recently-used entries first, so a noisy tenant
-    cannot push the others out beyond what the global bound forces. `on_evict` is called for
-    capacity evictions only (not deletes or purges), after the store is consistent again.
+    A tenant over its quota loses its own least valuable entries first, so a noisy tenant cannot
+    push the others out beyond what the global bound forces. `on_evict` is called for entries
+    pushed out by a bound (not deletes, purges, or a newcomer that was not admitted), after the
+    store is consistent again.
 
     Vary records live in a separate LRU with its own byte budget (`vary_max_bytes`, default
     max_bytes // 16, at least 64 KiB) rather than inside `max_bytes`: that keeps the entry byte
@@ -106,12 +125,14 @@ class MemoryStore:
         self.vary_max_bytes = (
             max(64 * 1024, max_bytes // 16) if vary_max_bytes is None else vary_max_bytes
         )
-        self._lru: OrderedDict[str, _Slot] = OrderedDict()
+        self._lru: OrderedDict[str, _Slot] = OrderedDict()  # every entry, for the global bound
         self._tenants: dict[str, _Tenant] = {}
+        self._shared = TinyLfu(max_bytes)  # the space of the tenants without a quota
         # (tenant, "t:" + tag) and (tenant, "u:" + url) -> keys: purges by tag or URL, no scan
         self._index: dict[tuple[str, str], set[str]] = {}
         self._bytes = 0
         self._evictions = 0
+        self._not_admitted = 0
         self._vary: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._vary_by_tenant: dict[str, set[str]] = {}
         self._vary_bytes = 0
@@ -127,14 +148,16 @@ class MemoryStore:
     async def get(self, key: str) -> Entry | None:
         slot = self._lru.get(key)
         if slot is None:
+            self._record_miss(key)
             return None
         self._lru.move_to_end(key)
-        self._tenants[slot.entry.tenant].lru.move_to_end(key)
+        slot.space.touch(key)
         return slot.entry
 
     async def put(self, entry: Entry) -> bool:
-        """Store under entry.key; False (old entry kept) when bigger than the object bound, the
-        tenant's quota or the whole store."""
+        """Store under entry.key. False (an old entry under the key kept) when bigger than the
+        object bound, the tenant's quota or the whole store; False too when the space is full
+        of entries more popular than this one (not admitted, the old entry gone)."""
         size = entry.size()
         quota = self.tenant_quota(entry.tenant)
         if (
@@ -145,18 +168,19 @@ class MemoryStore:
             return False
         if entry.key in self._lru:
             self._remove(entry.key)
-        self._insert(entry, size)
-        evicted: list[Entry] = []
-        if quota is not None:
-            tenant = self._tenants[entry.tenant]
-            while tenant.bytes > quota:
-                evicted.append(self._evict(next(iter(tenant.lru))))
+        space = self._insert(entry, size, quota)
+        pushed = [self._remove(key, in_space=False) for key in space.add(entry.key, size)]
         while self._bytes > self.max_bytes:
-            evicted.append(self._evict(next(iter(self._lru))))
+            pushed.append(self._remove(next(iter(self._lru))))
+        admitted = entry.key in self._lru
+        if not admitted:
+            self._not_admitted += 1
+        evicted = [old for old in pushed if old is not entry]
+        self._evictions += len(evicted)
         if self.on_evict is not None:
             for old in evicted:
                 self.on_evict(old)
-        return True
+        return admitted
 
     async def delete(self, key: str) -> bool:
         if key not in self._lru:
@@ -164,45 +188,65 @@ class MemoryStore:
         self._remove(key)
         return True
 
+    def _record_miss(self, key: str) -> None:
+        """A lookup that found nothing still counts towards the key's popularity, in the space
+        it would be stored in (if that space exists: no state for a tenant that holds nothing)."""
+        escaped = key.partition("|")[0]
+        tenant = self._tenants.get(_unescape(escaped))
+        if tenant is not None and tenant.space is not None:
+            tenant.space.record(key)
+        elif tenant is not None or self.tenant_quota(_unescape(escaped)) is None:
+            self._shared.record(key)
+
     # -- purges --------------------------------------------------------------------------
 
     async def purge_tenant(self, tenant: str, soft_at: float | None = None) -> int:
         """Every entry of the tenant, and its Vary records when hard; O(tenant's entries)."""
         state = self._tenants.get(tenant)
-        count = self._drop(list(state.lru) if state else [], soft_at)
+        count = await self._drop(list(state.keys) if state else [], soft_at)
         if soft_at is None:
             for primary in self._vary_by_tenant.pop(escape_part(tenant), set()):
                 self._vary_bytes -= self._vary_cost(primary, self._vary.pop(primary))
         return count
 
     async def purge_prefix(self, tenant: str, url_prefix: str, soft_at: float | None = None) -> int:
-        """Scan only this tenant's entries; see `_prefix_matcher` for what a prefix matches."""
+        """Entries whose URL starts with the prefix (see `_url_prefixes`): a range of the
+        tenant's sorted URLs, O(log n + matches)."""
         state = self._tenants.get(tenant)
         if state is None:
             return 0
-        matches = _prefix_matcher(url_prefix)
-        return self._drop([k for k in state.lru if matches(self._lru[k].entry.url)], soft_at)
+        keys: list[str] = []
+        for prefix in _url_prefixes(url_prefix, state.sites):
+            for url in _starting_with(state.urls, prefix):
+                keys.extend(self._index[(tenant, "u:" + url)])
+        return await self._drop(keys, soft_at)
 
     async def purge_tags(self, tenant: str, tags: list[str], soft_at: float | None = None) -> int:
         """Entries of the tenant carrying any of the tags; O(matched) through the tag index."""
         doomed: set[str] = set()
         for tag in tags:
             doomed |= self._index.get((tenant, "t:" + tag), set())
-        return self._drop(list(doomed), soft_at)
+        return await self._drop(list(doomed), soft_at)
 
     async def purge_url(self, tenant: str, url: str, soft_at: float | None = None) -> int:
         """Every variant stored for one normalised URL (RFC 9111 4.4 invalidation); O(variants)."""
-        return self._drop(list(self._index.get((tenant, "u:" + url), set())), soft_at)
+        return await self._drop(list(self._index.get((tenant, "u:" + url), set())), soft_at)
 
-    def _drop(self, keys: list[str], soft_at: float | None) -> int:
-        """Remove the entries, or with `soft_at` mark them stale since then (a soft purge)."""
-        for key in keys:
-            if soft_at is None:
-                self._remove(key)
-            else:
-                entry = self._lru[key].entry
-                if entry.soft_purged_at is None or entry.soft_purged_at > soft_at:
-                    entry.soft_purged_at = soft_at
+    async def _drop(self, keys: list[str], soft_at: float | None) -> int:
+        """Remove the entries, or with `soft_at` mark them stale since then (a soft purge), in
+        slices, letting requests through between them: a purge of a million entries must not
+        stall every hit behind it. Done before it returns (and before the purge is answered)."""
+        for start in range(0, len(keys), PURGE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for key in keys[start : start + PURGE_SLICE]:
+                slot = self._lru.get(key)
+                if slot is None:  # gone meanwhile (evicted, replaced and purged again)
+                    continue
+                if soft_at is None:
+                    self._remove(key)
+                elif slot.entry.soft_purged_at is None or slot.entry.soft_purged_at > soft_at:
+                    slot.entry.soft_purged_at = soft_at
         return len(keys)
 
     # -- vary registry -------------------------------------------------------------------
@@ -245,10 +289,12 @@ class MemoryStore:
             "bytes": self._bytes,
             "max_bytes": self.max_bytes,
             "evictions": self._evictions,
+            "not_admitted": self._not_admitted,
             "vary_entries": len(self._vary),
             "vary_bytes": self._vary_bytes,
             "tenants": {
-                name: {"entries": len(t.lru), "bytes": t.bytes} for name, t in self._tenants.items()
+                name: {"entries": len(t.keys), "bytes": t.bytes}
+                for name, t in self._tenants.items()
             },
         }
 
@@ -261,7 +307,9 @@ class MemoryStore:
             problems.append("total bytes over max_bytes")
         tenant_keys: set[str] = set()
         for name, t in self._tenants.items():
-            keys = set(t.lru)
+            keys = set(t.keys)
+            if set(t.urls) != {self._lru[k].entry.url for k in keys if k in self._lru}:
+                problems.append(f"tenant {name!r} sorted urls != its entries' urls")
             tenant_keys |= keys
             if not keys:
                 problems.append(f"tenant {name!r} kept without entries")
@@ -274,6 +322,15 @@ class MemoryStore:
                 problems.append(f"tenant {name!r} bytes mismatch")
         if tenant_keys != set(self._lru):
             problems.append("tenant key sets != entries")
+        spaces = {id(slot.space): slot.space for slot in self._lru.values()}
+        spaces[id(self._shared)] = self._shared
+        for space in spaces.values():
+            problems += space.check()
+            admitted = {k for k, slot in self._lru.items() if slot.space is space}
+            if {*space.window, *space.probation, *space.protected} != admitted:
+                problems.append("a space's keys != the entries admitted to it")
+            if space.bytes != sum(self._lru[k].size for k in admitted):
+                problems.append("a space's bytes != its entries' sizes")
         expected: dict[tuple[str, str], set[str]] = {}
         for key, slot in self._lru.items():
             for name in _index_names(slot.entry):
@@ -290,30 +347,44 @@ class MemoryStore:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _insert(self, entry: Entry, size: int) -> None:
-        self._lru[entry.key] = _Slot(entry, size)
+    def _insert(self, entry: Entry, size: int, quota: int | None) -> TinyLfu:
+        """Account for an entry everywhere but in its space; returns that space."""
         tenant = self._tenants.get(entry.tenant)
         if tenant is None:
             tenant = self._tenants[entry.tenant] = _Tenant()
-        tenant.lru[entry.key] = None
+        if quota is None:
+            space = self._shared
+        else:
+            if tenant.space is None:
+                tenant.space = TinyLfu(quota)
+            space = tenant.space
+            space.capacity = quota  # a reload may have changed it
+        self._lru[entry.key] = _Slot(entry, size, space)
+        tenant.keys[entry.key] = None
         tenant.bytes += size
         tenant.sites[_site(entry.url)] += 1
         self._bytes += size
         for name in _index_names(entry):
-            self._index.setdefault((entry.tenant, name), set()).add(entry.key)
+            keys = self._index.setdefault((entry.tenant, name), set())
+            if not keys and name.startswith("u:"):
+                tenant.urls.add(entry.url)
+            keys.add(entry.key)
+        return space
 
-    def _remove(self, key: str) -> Entry:
+    def _remove(self, key: str, *, in_space: bool = True) -> Entry:
+        """Take an entry out of every structure (of its space too, unless the space itself
+        let it go)."""
         slot = self._lru.pop(key)
         entry = slot.entry
         tenant = self._tenants[entry.tenant]
-        del tenant.lru[key]
+        if in_space:
+            slot.space.remove(key)
+        del tenant.keys[key]
         tenant.bytes -= slot.size
         site = _site(entry.url)
         tenant.sites[site] -= 1
         if not tenant.sites[site]:
             del tenant.sites[site]
-        if not tenant.lru:
-            del self._tenants[entry.tenant]
         self._bytes -= slot.size
         for name in _index_names(entry):
             index = (entry.tenant, name)
@@ -322,11 +393,10 @@ class MemoryStore:
                 keys.discard(key)
                 if not keys:
                     del self._index[index]
-        return entry
-
-    def _evict(self, key: str) -> Entry:
-        entry = self._remove(key)
-        self._evictions += 1
+                    if name.startswith("u:"):
+                        tenant.urls.discard(entry.url)
+        if not tenant.keys:
+            del self._tenants[entry.tenant]
         return entry
 
     @staticmethod

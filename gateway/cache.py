@@ -17,7 +17,6 @@ from multidict import CIMultiDict
 
 from gateway import policy, ranges
 from gateway.canonical import (
-    NEVER_FROM_CLIENT,
     ClientFields,
     Target,
     fill_fields,
@@ -35,7 +34,7 @@ from gateway.headers import (
     pass_request_headers,
     tags_of,
 )
-from gateway.key import normalize_url, primary_key, secondary_key
+from gateway.key import normalize_url, primary_key, secondary_key, vary_record_key
 from gateway.router import DEFAULT_TENANT, Route, tenant_of
 from gateway.store import Entry, Store
 from gateway.upstream import (
@@ -150,9 +149,17 @@ class Lookup:
         """Set the key and the fill's fields for a key varying on `names` (plus the route's
         forward_headers); returns the key."""
         self.names = tuple(sorted({*self.route.forward_headers, *names}))
-        self.fields = fill_fields(self.req.headers, self.names, self.tenant_field)
+        self.fields = self.fields_for(self.names)
         self.key = self.key_for(self.names, self.fields)
         return self.key
+
+    def fields_for(self, names: tuple[str, ...]) -> dict[str, str]:
+        """What a fill for a key varying on `names` sends; with `forward_unkeyed`, every other
+        end-to-end field of the client's too (so a Vary the origin reveals is keyed on what
+        it was actually sent)."""
+        if self.route.cfg.cache.forward_unkeyed:
+            names = (*names, *(name.lower() for name, _ in self.req.headers.items()))
+        return fill_fields(self.req.headers, names, self.tenant_field)
 
     def key_for(self, names: tuple[str, ...], fields: dict[str, str]) -> str:
         return self.primary + "#" + secondary_key(names, fields) if names else self.primary
@@ -253,7 +260,7 @@ class Cache:
         """Answer a GET or HEAD on a cached route."""
         look = self.locate(req, route)
         for _ in range(2):  # a second round when a fill reveals a Vary this request differs on
-            look.vary_on(await self.store.get_vary(look.primary) or ())
+            look.vary_on(await self.store.get_vary(vary_record_key(look.tenant, look.url)) or ())
             reply = await self._serve_key(look)
             if reply is not None:
                 return reply
@@ -333,8 +340,7 @@ class Cache:
         names = tuple(sorted({*look.route.forward_headers, *entry.vary}))
         if names == look.names:
             return entry.key == look.key
-        fields = fill_fields(look.req.headers, names, look.tenant_field)
-        return entry.key == look.key_for(names, fields)
+        return entry.key == look.key_for(names, look.fields_for(names))
 
     async def _fill_alone(self, look: Lookup, *, collapsed: bool) -> Reply:
         """A fill outside the single-flight table: after a pass, or for a waiter that gave up
@@ -370,11 +376,6 @@ class Cache:
         if look.alone:
             for value in req.headers.getall("Authorization"):
                 headers.add("Authorization", value)
-        if route.cfg.cache.forward_unkeyed:  # the operator trusts the origin's Vary instead
-            for name, value in req.headers.items():
-                lower = name.lower()
-                if lower not in headers and lower not in NEVER_FROM_CLIENT:
-                    headers.add(name, value)
         return headers
 
     def pass_headers(self, req: Incoming, route: Route) -> CIMultiDict[str]:
@@ -448,7 +449,7 @@ class Cache:
         entry = self._entry(look, resp.status, rh, body, resp, epoch)
         stored = await self.store.put(entry)
         if stored:
-            await self.store.set_vary(look.primary, entry.vary)
+            await self.store.set_vary(vary_record_key(look.tenant, look.url), entry.vary)
         self.count("stored" if stored else "not_stored", look.tenant)
         own = self.visible_headers(look, rh, drop=("age",))
         x_cache = "MISS" if stale is None else "EXPIRED"

@@ -187,6 +187,13 @@ def primary_key(tenant: str, generation: str, method: str, url: str) -> str:
     return f"{escape_part(tenant)}|{escape_part(generation)}|{escape_part(m)}|{url}"
 
 
+def vary_record_key(tenant: str, url: str) -> str:
+    """Where the Vary names last seen for a URL are kept: like `primary_key` but without the
+    generation, so that what a URL varies on survives a bust (its content changes, its
+    negotiation rarely does) and the first fill after the bust already sends those fields."""
+    return f"{escape_part(tenant)}|GET|{url}"
+
+
 def _header_values(req_headers: Headers, name: str) -> list[str] | None:
     """All values of a header (None when absent) from a multidict or a plain mapping."""
     getall = getattr(req_headers, "getall", None)
@@ -205,7 +212,7 @@ def _escape_secondary(text: str) -> str:
 def normalize_value(name: str, values: list[str]) -> str:
     """One comparable string for a header: lines joined, whitespace collapsed, case folded
     only where the field is case-insensitive."""
-    joined = ", ".join(values)
+    joined = ("; " if name == "cookie" else ", ").join(values)  # RFC 6265 5.4 for cookies
     if name == "accept-encoding":
         return accept_encoding_bucket(joined)
     text = _COMMA.sub(", ", _WS.sub(" ", joined).strip())

@@ -281,6 +281,37 @@ async def test_a_vary_field_is_sent_once_the_key_varies_on_it(
     assert (hit_none["X-Cache"], none_again) == ("HIT", none)
 
 
+async def test_what_a_url_varies_on_survives_a_bust_so_its_first_fill_sends_the_field(
+    echo_origin: TestServer, make_gateway: GatewayFactory
+) -> None:
+    gw, gateway = await make_gateway(str(echo_origin.make_url("/")))
+    target = f"/lang-bust?{REFLECT}&h=Vary:Accept-Language"
+    await fetch(gw, target, {"Accept-Language": "de"})
+    before = await origin_count(echo_origin)
+    gateway.bust("*", soft=False)  # every key is new now
+    _, headers, fr = await fetch(gw, target, {"Accept-Language": "fr"})
+    assert headers["X-Cache"] == "MISS" and seen_by_origin(fr)["accept-language"] == "fr"
+    assert await origin_count(echo_origin) == before + 1  # one fill, not one without it first
+
+
+async def test_forward_unkeyed_keys_a_revealed_vary_on_what_was_sent_in_one_fill(
+    echo_origin: TestServer, make_gateway: GatewayFactory
+) -> None:
+    gw, _ = await make_gateway(
+        str(echo_origin.make_url("/")), route_cache=", forward_unkeyed: true"
+    )
+    target = f"/fwd?{REFLECT}&h=Vary:X-Variant"
+    _, headers, a = await fetch(gw, target, {"X-Variant": "a", "X-Trace": "1"})
+    assert headers["X-Cache"] == "MISS" and seen_by_origin(a)["x-trace"] == "1"
+    assert await origin_count(echo_origin) == 1  # a cold key with Vary: still one fetch
+    _, same, a_again = await fetch(gw, target, {"X-Variant": "a", "X-Trace": "2"})
+    _, other, _ = await fetch(gw, target, {"X-Variant": "b"})
+    assert (same["X-Cache"], a_again) == ("HIT", a)
+    assert other["X-Cache"] == "MISS"
+    _, _, forged = await fetch(gw, target, {"X-Forwarded-Host": "evil.example"})
+    assert b"evil" not in forged  # the gateway's own fields are never the client's
+
+
 async def test_a_coded_response_without_vary_is_keyed_on_the_encoding_bucket(
     echo_origin: TestServer, make_gateway: GatewayFactory
 ) -> None:

@@ -187,6 +187,11 @@ class Gateway:
             return error_response(request, exc)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        coding = request.headers.get("Transfer-Encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            # RFC 9112 6.1: a transfer coding the gateway does not implement is a 501; the
+            # parser has framed the body as chunked, and a forwarded body must mean what it says.
+            raise JsonError(501, f"transfer coding not implemented: {coding[:40]!r}")
         req = incoming(request)
         route = self.router.match(req.target.hostname, req.target.path, request.method)
         if route is None:
@@ -268,4 +273,5 @@ def public_server(gateway: Gateway) -> PublicServer:
         handler_cancellation=True,
         access_log=None,
         lingering_time=LINGERING,
+        auto_decompress=False,  # a proxy forwards a gzip request body as gzip
     )

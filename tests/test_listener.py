@@ -7,6 +7,8 @@ what is asserted is whether and how a connection ends, not how fast.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import logging
 
 import pytest
@@ -183,3 +185,35 @@ async def test_a_malformed_request_gets_a_json_400_and_no_traceback(
     assert b'"status": 4' in rest and b"application/json" in rest
     assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
     assert await origin_count(echo_origin) == 0
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "CHUNKED, gzip", "deflate", "x-custom"])
+async def test_a_transfer_coding_other_than_chunked_is_a_501_and_never_forwarded(
+    coding: str, echo_origin: TestServer, make_gateway: GatewayFactory
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")), top_extra=LIMITS)
+    reader, writer = await connect(gw)
+    writer.write(
+        f"POST /nocache/te HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {coding}\r\n"
+        "Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n".encode()
+    )
+    answer = await read_until_closed(reader)
+    writer.close()
+    assert answer.split(b" ")[1] in (b"400", b"501"), answer  # the parser may refuse it first
+    assert await origin_count(echo_origin) == 0
+
+
+async def test_a_compressed_request_body_reaches_the_origin_as_sent(
+    echo_origin: TestServer, make_gateway: GatewayFactory
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")), top_extra=LIMITS)
+    body = gzip.compress(b"payload " * 100)
+    reader, writer = await connect(gw)
+    writer.write(
+        b"POST /nocache/gz?body=echo&read=1 HTTP/1.1\r\nHost: a\r\nContent-Encoding: gzip\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+    )
+    answer = await read_until_closed(reader)
+    writer.close()
+    seen = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert seen["Content-Length"] == str(len(body))  # not inflated on the way

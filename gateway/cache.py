@@ -11,13 +11,13 @@ import json
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from multidict import CIMultiDict
 
 from gateway import policy, ranges
 from gateway.canonical import (
-    ClientFields,
     Target,
     fill_fields,
     keyed_url,
@@ -60,7 +60,7 @@ class Incoming:
 
     method: str
     target: Target
-    headers: ClientFields
+    headers: Any  # canonical.client_fields: a multidict without hop-by-hop or Connection-listed
     client_ip: str | None
 
 
@@ -140,18 +140,26 @@ class Lookup:
     primary: str
     tenant_field: tuple[str, str] | None = None
     names: tuple[str, ...] = ()
-    fields: dict[str, str] = field(default_factory=dict)
     key: str = ""
     stale: Entry | None = None
     alone: bool = False
+    _fields: dict[str, str] | None = None
 
     def vary_on(self, names: Iterable[str]) -> str:
-        """Set the key and the fill's fields for a key varying on `names` (plus the route's
-        forward_headers); returns the key."""
+        """Set the key for a key varying on `names` (plus the route's forward_headers);
+        returns the key. The fill's fields are worked out only when they are needed: a hit on
+        a key that varies on nothing never needs them."""
         self.names = tuple(sorted({*self.route.forward_headers, *names}))
-        self.fields = self.fields_for(self.names)
-        self.key = self.key_for(self.names, self.fields)
+        self._fields = None
+        self.key = self.key_for(self.names, self.fields) if self.names else self.primary
         return self.key
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The client-derived fields a fill for this key sends, all of them in the key."""
+        if self._fields is None:
+            self._fields = self.fields_for(self.names)
+        return self._fields
 
     def fields_for(self, names: tuple[str, ...]) -> dict[str, str]:
         """What a fill for a key varying on `names` sends; with `forward_unkeyed`, every other
@@ -374,7 +382,7 @@ class Cache:
             via=self.via,
         )
         if look.alone:
-            for value in req.headers.getall("Authorization"):
+            for value in req.headers.getall("Authorization", []):
                 headers.add("Authorization", value)
         return headers
 

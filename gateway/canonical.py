@@ -79,13 +79,7 @@ class Target:
     host: str  # normalised authority: lower case, default port dropped, IPv6 bracketed
     path: str  # percent-encoding normalised, dot segments resolved (RFC 3986 6.2.2)
     query: str | None  # as received (made valid), None when the target has no "?"
-
-    @property
-    def hostname(self) -> str:
-        """The host without its port, for routing."""
-        if self.host.startswith("["):
-            return self.host.partition("]")[0] + "]"
-        return self.host.partition(":")[0]
+    hostname: str = ""  # the host without its port, for routing
 
     @property
     def path_qs(self) -> str:
@@ -108,11 +102,13 @@ def parse_target(raw: str, host_header: str | None, scheme: str) -> Target:
         raise BadRequest("missing Host header")
     target = raw.partition("#")[0]
     path, sep, query = target.partition("?")
+    host = normalize_host(scheme, _valid_authority(authority))
     return Target(
         scheme=scheme,
-        host=normalize_host(scheme, _valid_authority(authority)),
+        host=host,
         path=normalize_path(_encoded(path)),
         query=_encoded(query) if sep else None,
+        hostname=host.partition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0],
     )
 
 
@@ -158,37 +154,52 @@ def _encoded(text: str) -> str:
     return "".join(c if _TARGET_CHARS.fullmatch(c) else f"%{ord(c):02X}" for c in text)
 
 
-class ClientFields:
+def client_fields(headers: Any) -> Any:
     """A client's request fields as a proxy may use them: hop-by-hop fields and those named in
     Connection are invisible (RFC 9110 7.6.1). The key, the policy and the fill all read the
-    request through this view, so none of them can see a field the others do not."""
+    request through this view, so none of them can see a field the others do not.
+
+    Without a Connection field, the only hidden fields are the fixed hop-by-hop ones, which
+    every reader leaves out anyway (NEVER_FROM_CLIENT, pass_request_headers): the headers are
+    their own view, and a hit pays for no wrapper."""
+    return ClientFields(headers) if "Connection" in headers else headers
+
+
+class ClientFields:
+    """The view of `client_fields` for a request that names fields in Connection."""
 
     __slots__ = ("_headers", "_hidden")
 
     def __init__(self, headers: Any) -> None:
         self._headers = headers
-        self._hidden = (
-            HOP_BY_HOP | connection_listed(headers) if "Connection" in headers else HOP_BY_HOP
-        )
+        self._hidden = HOP_BY_HOP | connection_listed(headers)
 
-    def getall(self, name: str, default: Iterable[str] = ()) -> list[str]:
+    def getall(self, name: str, default: Iterable[str] | None = None) -> list[str]:
+        """As a multidict's: KeyError for a missing (or hidden) name without a default."""
         if name.lower() in self._hidden:
+            if default is None:
+                raise KeyError(name)
             return list(default)
-        return list(self._headers.getall(name, default))
+        if default is None:
+            return list(self._headers.getall(name))
+        values: list[str] = self._headers.getall(name, default)
+        return values
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        values = self.getall(name)
-        return values[0] if values else default
+        if name.lower() in self._hidden:
+            return default
+        value: str | None = self._headers.get(name, default)
+        return value
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(self.getall(name))
+        return isinstance(name, str) and name in self._headers and name.lower() not in self._hidden
 
     def items(self) -> list[tuple[str, str]]:
         return [(k, v) for k, v in self._headers.items() if k.lower() not in self._hidden]
 
 
 def fill_fields(
-    client: ClientFields, names: Iterable[str], tenant_field: tuple[str, str] | None
+    client: Any, names: Iterable[str], tenant_field: tuple[str, str] | None
 ) -> dict[str, str]:
     """The client-derived fields of a shared fill, lower-case names to normalised values.
 
@@ -197,7 +208,7 @@ def fill_fields(
     field with its validated value, and the `names` the key varies on (the route's
     `forward_headers` and the response's Vary). A name the gateway fixes is never taken.
     """
-    accept = client.getall("Accept-Encoding")
+    accept = client.getall("Accept-Encoding", [])
     fields = {"accept-encoding": accept_encoding_bucket(", ".join(accept) if accept else None)}
     if tenant_field is not None:
         fields[tenant_field[0].lower()] = tenant_field[1]
@@ -205,7 +216,7 @@ def fill_fields(
         lower = name.lower()
         if lower in fields or lower in NEVER_FROM_CLIENT:
             continue
-        values = client.getall(lower)
+        values = client.getall(lower, [])
         if values:
             fields[lower] = normalize_value(lower, values)
     return fields

@@ -101,19 +101,20 @@ def pass_request_headers(
     via: str,
 ) -> CIMultiDict[str]:
     """A pass-through request's fields: the client's end-to-end ones (`client` is the proxy's
-    view, without hop-by-hop or Connection-listed fields), X-Forwarded-For and Via appended to,
+    view, without Connection-listed fields; hop-by-hop ones are dropped here), X-Forwarded-For
+    and Via appended to,
     Host and the other X-Forwarded-* set by the gateway. Its answer is never shared."""
-    drop = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host", "via"}
+    drop = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host", "via"}
     out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in client.items() if k.lower() not in drop)
     out["Host"] = host
-    prior = ", ".join(client.getall("X-Forwarded-For"))
+    prior = ", ".join(client.getall("X-Forwarded-For", []))
     if client_ip:
         out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
     elif prior:
         out["X-Forwarded-For"] = prior
     out["X-Forwarded-Proto"] = scheme
     out["X-Forwarded-Host"] = forwarded_host
-    out["Via"] = ", ".join([*client.getall("Via"), via])
+    out["Via"] = ", ".join([*client.getall("Via", []), via])
     return out
 
 

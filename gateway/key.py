@@ -172,6 +172,8 @@ def normalize_path(path: str) -> str:
 
 def escape_part(part: str) -> str:
     """Escape `%` and `|` so a key component cannot forge the separator (`a|b` != `a%7Cb`)."""
+    if "%" not in part and "|" not in part:
+        return part
     return part.replace("%", "%25").replace("|", "%7C")
 
 

@@ -209,7 +209,7 @@ def request_directives(req_headers: Headers, client_no_cache: str = "honor",
     less from the origin, and stay.
     """
     req = _request_directives(req_headers)
-    if client_no_cache == "honor" or not req.keys() & _ORIGIN_FORCING:
+    if not req or client_no_cache == "honor" or not req.keys() & _ORIGIN_FORCING:
         return req
     if client_no_cache == "ignore":
         return {k: v for k, v in req.items() if k not in _ORIGIN_FORCING}

@@ -11,7 +11,7 @@ from aiohttp import StreamReader, web
 
 from gateway import policy
 from gateway.cache import Cache, Incoming, Reply
-from gateway.canonical import ClientFields, Target, parse_target
+from gateway.canonical import Target, client_fields, parse_target
 from gateway.headers import client_response_headers
 from gateway.router import Route
 from gateway.upstream import BodyStalled, ClientStalled, OriginError
@@ -28,7 +28,7 @@ def incoming(request: web.BaseRequest) -> Incoming:
     return Incoming(
         method=request.method,
         target=_target(request.raw_path, request.headers.get("Host"), request.scheme),
-        headers=ClientFields(request.headers),
+        headers=client_fields(request.headers),
         client_ip=request.remote,
     )
 

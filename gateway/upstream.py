@@ -104,28 +104,42 @@ class OriginResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives. OriginTimeout past `fetch_timeout` or below the minimum
-        rate (see `gateway.transfer`), OriginUnreachable if the origin goes away mid-body,
-        OriginInvalid if what it sends is not the body it announced."""
-        loop = asyncio.get_running_loop()
+        rate (see `gateway.transfer`), OriginUnreachable if the origin goes away mid-body.
+
+        What is already buffered is taken at once: a timer is armed only when the gateway
+        actually has to wait for the origin (a small body usually came with the headers)."""
         content = self.resp.content
         while True:
-            wait, why = self.deadline.next_wait()
-            if wait <= 0:
-                raise OriginTimeout(self.origin, why)
-            started = loop.time()
             try:
-                async with asyncio.timeout(None if wait == math.inf else wait):
-                    chunk = await content.readany()
-            except TimeoutError as exc:
-                raise OriginTimeout(self.origin, why or "read_timeout") from exc
-            except aiohttp.ClientPayloadError as exc:
-                raise OriginUnreachable(self.origin, f"body cut short: {exc}") from exc
+                chunk = content.read_nowait()
+                if not chunk and not content.at_eof():
+                    chunk = await self._wait_for_more()
             except (aiohttp.ClientError, OSError) as exc:
-                raise OriginUnreachable(self.origin, f"reading body: {type(exc).__name__}") from exc
-            self.deadline.spent(loop.time() - started, len(chunk))
+                raise self._cut_short(exc) from exc
             if not chunk:
                 return
+            self.deadline.spent(0.0, len(chunk))
             yield chunk
+
+    async def _wait_for_more(self) -> bytes:
+        """The next bytes of the body (b"" at its end), within the deadline's bounds."""
+        wait, why = self.deadline.next_wait()
+        if wait <= 0:
+            raise OriginTimeout(self.origin, why)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(None if wait == math.inf else wait):
+                chunk = await self.resp.content.readany()
+        except TimeoutError as exc:
+            raise OriginTimeout(self.origin, why or "read_timeout") from exc
+        self.deadline.spent(loop.time() - started, 0)
+        return chunk
+
+    def _cut_short(self, exc: BaseException) -> OriginError:
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return OriginUnreachable(self.origin, f"body cut short: {exc}")
+        return OriginUnreachable(self.origin, f"reading body: {type(exc).__name__}")
 
     def close(self) -> None:
         """Idempotent: returns the connection (or drops it mid-body) and the budget slot."""
@@ -156,6 +170,7 @@ class Upstream:
         self.failures = 0
         self.replays = 0  # buffered bodies sent again after a kept-alive connection dropped
         self._session: aiohttp.ClientSession | None = None
+        self._traced: aiohttp.ClientSession | None = None
         self._connector: aiohttp.TCPConnector | None = None
 
     def open(self) -> None:
@@ -165,20 +180,30 @@ class Upstream:
             limit_per_host=self.cfg.max_connections,
             keepalive_timeout=self.cfg.idle_timeout,
         )
+        self._session = self._new_session()
+        # Requests that may be sent again (a buffered body, a non-idempotent method) go through
+        # a second session on the same connection pool that notes when a kept-alive connection
+        # is reused: tracing costs every request it is on, so only those pay for it.
         tracing = aiohttp.TraceConfig()
         tracing.on_connection_reuseconn.append(_mark_reused)
-        self._session = aiohttp.ClientSession(
+        self._traced = self._new_session(tracing)
+
+    def _new_session(self, tracing: aiohttp.TraceConfig | None = None) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
             connector=self._connector,
+            connector_owner=tracing is None,
             auto_decompress=False,
             skip_auto_headers={"Accept-Encoding", "User-Agent", "Content-Type"},
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
-            trace_configs=[tracing],
+            trace_configs=[tracing] if tracing is not None else None,
         )
 
     async def close(self) -> None:
+        if self._traced is not None:
+            await self._traced.close()
         if self._session is not None:
             await self._session.close()
 
@@ -236,10 +261,11 @@ class Upstream:
         body: bytes | AsyncIterable[bytes] | None,
     ) -> tuple[aiohttp.ClientResponse, float, float]:
         """The response head, when the request went out, and how long it took to come."""
-        assert self._session is not None
-        url = self.url(raw_path_qs)
         connects = 1 + (self.cfg.retries if body is None and method in IDEMPOTENT else 0)
         replayable = isinstance(body, bytes) and method not in IDEMPOTENT
+        session = self._traced if replayable else self._session
+        assert session is not None
+        url = self.url(raw_path_qs)
         loop = asyncio.get_running_loop()
         while True:
             request_time = self.clock()
@@ -248,7 +274,7 @@ class Upstream:
             tracking = SimpleNamespace(reused=False)
             try:
                 async with asyncio.timeout(self.cfg.fetch_timeout or None):
-                    resp = await self._session.request(
+                    resp = await session.request(
                         method,
                         url,
                         headers=headers,

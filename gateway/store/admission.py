@@ -26,8 +26,7 @@ COUNTERS_PER_ENTRY = 8  # a row's counters per entry a space may hold (4 rows: 3
 MAX_WIDTH = 1 << 22
 _MAX_COUNT = 15
 _HALVE = bytes(i >> 1 for i in range(256))
-_MASK64 = (1 << 64) - 1
-_SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
+_ROWS = 4
 
 
 class FrequencySketch:
@@ -39,7 +38,7 @@ class FrequencySketch:
     def __init__(self, width: int = 64, sample: int | None = None) -> None:
         size = 1 << max(4, (width - 1).bit_length())
         self._mask = size - 1
-        self._rows = [bytearray(size) for _ in _SEEDS]
+        self._rows = [bytearray(size) for _ in range(_ROWS)]
         self._sample = 10 * size if sample is None else sample
         self._additions = 0
 
@@ -47,23 +46,38 @@ class FrequencySketch:
     def width(self) -> int:
         return self._mask + 1
 
-    def _slots(self, key: str) -> list[int]:
-        h = hash(key) & _MASK64
-        return [(((h * seed) & _MASK64) >> 32) & self._mask for seed in _SEEDS]
+    def _slots(self, key: str) -> tuple[int, int, int, int]:
+        """One counter per row: four windows of the key's 64-bit hash (SipHash, well mixed),
+        as Caffeine derives its indexes from one hash. Cheap: this runs on every hit."""
+        h, mask = hash(key), self._mask
+        return h & mask, (h >> 16) & mask, (h >> 32) & mask, ((h >> 48) ^ (h >> 7)) & mask
 
     def increment(self, key: str) -> None:
+        """Count one request for `key`."""
+        r0, r1, r2, r3 = self._rows
+        i0, i1, i2, i3 = self._slots(key)
         added = False
-        for row, slot in zip(self._rows, self._slots(key), strict=True):
-            if row[slot] < _MAX_COUNT:
-                row[slot] += 1
-                added = True
+        if r0[i0] < _MAX_COUNT:
+            r0[i0] += 1
+            added = True
+        if r1[i1] < _MAX_COUNT:
+            r1[i1] += 1
+            added = True
+        if r2[i2] < _MAX_COUNT:
+            r2[i2] += 1
+            added = True
+        if r3[i3] < _MAX_COUNT:
+            r3[i3] += 1
+            added = True
         if added:
             self._additions += 1
             if self._additions >= self._sample:
                 self._age()
 
     def frequency(self, key: str) -> int:
-        return min(row[slot] for row, slot in zip(self._rows, self._slots(key), strict=True))
+        r0, r1, r2, r3 = self._rows
+        i0, i1, i2, i3 = self._slots(key)
+        return min(r0[i0], r1[i1], r2[i2], r3[i3])
 
     def _age(self) -> None:
         """Halve every counter: popularity from long ago counts half as much."""
@@ -119,7 +133,9 @@ class TinyLfu:
     def touch(self, key: str) -> None:
         """A hit: count it, and move the key up its segment (probation promotes)."""
         self.sketch.increment(key)
-        if key in self.window:
+        if key in self.protected:  # where hot keys live: one lookup for most hits
+            self.protected.move_to_end(key)
+        elif key in self.window:
             self.window.move_to_end(key)
         elif key in self.probation:
             size = self.probation.pop(key)
@@ -132,8 +148,6 @@ class TinyLfu:
                 self._protected_bytes -= old_size
                 self.probation[old] = old_size
                 self._probation_bytes += old_size
-        elif key in self.protected:
-            self.protected.move_to_end(key)
 
     def add(self, key: str, size: int) -> list[str]:
         """A new key enters the window; returns the keys that must leave to keep the bounds
@@ -199,14 +213,16 @@ class TinyLfu:
         raise AssertionError("over capacity with nothing held")
 
     def _grow_sketch(self) -> None:
-        """Keep COUNTERS_PER_ENTRY counters a row per entry the space can hold (estimated from
-        the average size held so far): the sketch must also count the keys it does not hold,
-        or one-off keys collide with the hot ones and look popular. Counts restart when it
-        grows, which happens a few times while a space fills."""
+        """Keep COUNTERS_PER_ENTRY counters a row for twice the entries held (and some):
+        the sketch must also count keys it does not hold, or one-off keys collide with the
+        hot ones and look popular; but a space holding little must cost little. Never above
+        what the space could hold at the average size so far. Counts restart when it grows,
+        a few times while a space fills."""
         held = len(self) + 1
-        entries = max(held, self.capacity * held // max(1, self.bytes + 1))
-        if COUNTERS_PER_ENTRY * entries > 2 * self.sketch.width:
-            self.sketch = FrequencySketch(min(MAX_WIDTH, COUNTERS_PER_ENTRY * entries))
+        could_hold = self.capacity * held // max(1, self.bytes)
+        wanted = COUNTERS_PER_ENTRY * min(2 * held + 64, max(held, could_hold))
+        if min(MAX_WIDTH, wanted) > 2 * self.sketch.width:
+            self.sketch = FrequencySketch(min(MAX_WIDTH, wanted))
 
     def check(self) -> list[str]:
         """Inconsistencies between the segments and their byte counts (for tests)."""

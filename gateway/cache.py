@@ -149,7 +149,7 @@ class Lookup:
         """Set the key for a key varying on `names` (plus the route's forward_headers);
         returns the key. The fill's fields are worked out only when they are needed: a hit on
         a key that varies on nothing never needs them."""
-        self.names = tuple(sorted({*self.route.forward_headers, *names}))
+        self.names = self.key_names(names)
         self._fields = None
         self.key = self.key_for(self.names, self.fields) if self.names else self.primary
         return self.key
@@ -171,6 +171,10 @@ class Lookup:
 
     def key_for(self, names: tuple[str, ...], fields: dict[str, str]) -> str:
         return self.primary + "#" + secondary_key(names, fields) if names else self.primary
+
+    def key_names(self, vary: Iterable[str]) -> tuple[str, ...]:
+        """What a key on this route varies on: its forward_headers and a response's Vary."""
+        return tuple(sorted({*self.route.forward_headers, *vary}))
 
 
 class Cache:
@@ -345,7 +349,7 @@ class Cache:
     def _answers(self, look: Lookup, entry: Entry) -> bool:
         """Does a fresh fill's entry answer this request? Not when the response varies on a
         field this request has and the fill did not send (the key learns it for next time)."""
-        names = tuple(sorted({*look.route.forward_headers, *entry.vary}))
+        names = look.key_names(entry.vary)
         if names == look.names:
             return entry.key == look.key
         return entry.key == look.key_for(names, look.fields_for(names))
@@ -371,32 +375,26 @@ class Cache:
     def fill_headers(self, look: Lookup) -> CIMultiDict[str]:
         """Exactly what a fill sends: the gateway's own fields and the keyed ones, plus the
         credentials of a request that fetches alone (see `gateway.canonical`)."""
-        req, route = look.req, look.route
-        upstream = self.upstreams[route.cfg.origin]
-        headers = fill_request_headers(
-            look.fields,
-            host=req.target.host if route.cfg.preserve_host else upstream.host,
-            forwarded_host=req.target.host,
-            scheme=req.target.scheme,
-            client_ip=req.client_ip,
-            via=self.via,
-        )
+        headers = fill_request_headers(look.fields, **self._forwarding(look.req, look.route))
         if look.alone:
-            for value in req.headers.getall("Authorization", []):
+            for value in look.req.headers.getall("Authorization", []):
                 headers.add("Authorization", value)
         return headers
 
     def pass_headers(self, req: Incoming, route: Route) -> CIMultiDict[str]:
         """What a pass-through request sends (see `pass_request_headers`)."""
+        return pass_request_headers(req.headers, **self._forwarding(req, route))
+
+    def _forwarding(self, req: Incoming, route: Route) -> dict[str, Any]:
+        """The fields the gateway sets on every request to the route's origin."""
         upstream = self.upstreams[route.cfg.origin]
-        return pass_request_headers(
-            req.headers,
-            host=req.target.host if route.cfg.preserve_host else upstream.host,
-            forwarded_host=req.target.host,
-            scheme=req.target.scheme,
-            client_ip=req.client_ip,
-            via=self.via,
-        )
+        return {
+            "host": req.target.host if route.cfg.preserve_host else upstream.host,
+            "forwarded_host": req.target.host,
+            "scheme": req.target.scheme,
+            "client_ip": req.client_ip,
+            "via": self.via,
+        }
 
     async def fill(self, look: Lookup, stale: Entry | None, *, background: bool = False) -> Fill:
         """Fetch the key from the origin (conditionally when a stale entry has validators)."""
@@ -475,10 +473,8 @@ class Cache:
         route = look.route
         strip = NOT_STORED | set(policy.strip_fields(rh, route.rules))
         names = policy.vary_names(rh) or ()
-        # Keyed on what this fill sent: a Vary name it did not send counts as absent.
-        key_names = tuple(sorted({*route.forward_headers, *names}))
-        return Entry(
-            key=look.key_for(key_names, look.fields),
+        return Entry(  # keyed on what this fill sent: a Vary name it did not send is absent
+            key=look.key_for(look.key_names(names), look.fields),
             tenant=look.tenant,
             url=look.url,
             status=status,

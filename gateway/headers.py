@@ -102,8 +102,8 @@ def pass_request_headers(
 ) -> CIMultiDict[str]:
     """A pass-through request's fields: the client's end-to-end ones (`client` is the proxy's
     view, without Connection-listed fields; hop-by-hop ones are dropped here), X-Forwarded-For
-    and Via appended to,
-    Host and the other X-Forwarded-* set by the gateway. Its answer is never shared."""
+    and Via appended to, Host and the other X-Forwarded-* set by the gateway. Its answer is
+    never shared."""
     drop = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host", "via"}
     out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in client.items() if k.lower() not in drop)
     out["Host"] = host

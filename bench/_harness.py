@@ -15,6 +15,7 @@ import ctypes
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -422,6 +423,23 @@ async def fetch(
             )
     except (aiohttp.ClientError, TimeoutError) as exc:
         return Sample(start, time.perf_counter(), 0, "-", "", type(exc).__name__)
+
+
+async def random_load(
+    session: aiohttp.ClientSession, base: str, paths: Sequence[str], clients: int, seconds: float
+) -> list[Sample]:
+    """`clients` loops each requesting a random one of `paths`, back to back, for `seconds`
+    (the same seeded choices in every run)."""
+    deadline = time.perf_counter() + seconds
+    rng = random.Random(7)
+    samples: list[Sample] = []
+
+    async def loop() -> None:
+        while time.perf_counter() < deadline:
+            samples.append(await fetch(session, base + rng.choice(paths)))
+
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    return samples
 
 
 async def burst(session: aiohttp.ClientSession, urls: Sequence[str]) -> list[Sample]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -57,22 +56,6 @@ def hot_paths(tenants: int, keys: int) -> list[str]:
     ]
 
 
-async def load(
-    session: aiohttp.ClientSession, base: str, paths: Sequence[str], clients: int, seconds: float
-) -> list[h.Sample]:
-    """`clients` loops each requesting a random hot key, back to back, for `seconds`."""
-    deadline = time.perf_counter() + seconds
-    rng = random.Random(7)
-    samples: list[h.Sample] = []
-
-    async def loop() -> None:
-        while time.perf_counter() < deadline:
-            samples.append(await h.fetch(session, base + rng.choice(paths)))
-
-    await asyncio.gather(*(loop() for _ in range(clients)))
-    return samples
-
-
 async def warm_up(
     session: aiohttp.ClientSession, base: str, paths: Sequence[str], concurrency: int
 ) -> int:
@@ -103,7 +86,7 @@ async def measure(
         url = f"http://{h.HOST}:{gateway.admin_port}/admin/bust"
         async with session.post(url, json=bust, headers=_admin_auth()) as resp:
             resp.raise_for_status()
-    samples = await load(session, gateway.url, paths, args.clients, seconds)
+    samples = await h.random_load(session, gateway.url, paths, args.clients, seconds)
     return Window(name, samples, await h.origin_stats(session, origin))
 
 

@@ -34,21 +34,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def hits(
-    session: aiohttp.ClientSession, base: str, paths: Sequence[str], clients: int, seconds: float
-) -> list[h.Sample]:
-    deadline = time.perf_counter() + seconds
-    rng = random.Random(7)
-    samples: list[h.Sample] = []
-
-    async def loop() -> None:
-        while time.perf_counter() < deadline:
-            samples.append(await h.fetch(session, base + rng.choice(paths)))
-
-    await asyncio.gather(*(loop() for _ in range(clients)))
-    return samples
-
-
 async def purges(
     session: aiohttp.ClientSession, admin: str, paths: Sequence[str], loops: int, seconds: float
 ) -> int:
@@ -86,10 +71,10 @@ async def bench(args: argparse.Namespace, stack: h.Stack) -> None:
 
             await asyncio.gather(*(warm(p) for p in paths))
         with h.phase(f"hits alone, {args.seconds:g}s"):
-            alone = await hits(session, gateway.url, paths, args.clients, args.seconds)
+            alone = await h.random_load(session, gateway.url, paths, args.clients, args.seconds)
         with h.phase(f"hits with {args.purgers} purge loops, {args.seconds:g}s"):
             during, purged = await asyncio.gather(
-                hits(session, gateway.url, paths, args.clients, args.seconds),
+                h.random_load(session, gateway.url, paths, args.clients, args.seconds),
                 purges(session, admin, paths, args.purgers, args.seconds),
             )
     print("\n" + h.machine_note())

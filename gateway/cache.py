@@ -18,7 +18,9 @@ from multidict import CIMultiDict
 
 from gateway import policy, ranges
 from gateway.canonical import (
+    BadRequest,
     Target,
+    absolute_target,
     fill_fields,
     keyed_url,
     query_values,
@@ -34,7 +36,7 @@ from gateway.headers import (
     pass_request_headers,
     tags_of,
 )
-from gateway.key import normalize_url, primary_key, secondary_key, vary_record_key
+from gateway.key import primary_key, secondary_key, vary_record_key
 from gateway.router import DEFAULT_TENANT, Route, tenant_of
 from gateway.store import Entry, Store
 from gateway.upstream import (
@@ -644,12 +646,12 @@ class Cache:
         """RFC 9111 4.4: after a successful unsafe request, drop the target URI and same-origin
         Location / Content-Location, every variant of each."""
         urls = [look.url]
-        for target in policy.invalidation_targets(look.url, resp_headers):
-            scheme, _, rest = target.partition("://")
-            host, slash, path = rest.partition("/")
-            urls.append(
-                normalize_url(scheme, host, slash + path, look.route.cfg.cache.ignore_query)
-            )
+        for url in policy.invalidation_targets(look.url, resp_headers):
+            try:  # keyed as a request for it would be
+                target = absolute_target(url)
+            except BadRequest:
+                continue  # no request could name it, so nothing is stored under it
+            urls.append(keyed_url(target, look.route.cfg.cache.ignore_query)[0])
         purged = 0
         for url in urls:
             purged += await self.store.purge_url(look.tenant, url)

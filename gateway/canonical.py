@@ -29,7 +29,7 @@ from gateway.key import (
     accept_encoding_bucket,
     normalize_host,
     normalize_path,
-    normalize_query,
+    normalize_url,
     normalize_value,
 )
 
@@ -112,6 +112,12 @@ def parse_target(raw: str, host_header: str | None, scheme: str) -> Target:
     )
 
 
+def absolute_target(url: str) -> Target:
+    """An absolute http(s) URL (a purge, a Location) parsed as a request for it would be, its
+    own scheme kept; BadRequest if no request could name it."""
+    return parse_target(url, None, url.partition("://")[0].lower())
+
+
 def _absolute_form(raw: str) -> tuple[str, str]:
     scheme, sep, rest = raw.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
@@ -124,7 +130,6 @@ def _absolute_form(raw: str) -> tuple[str, str]:
 
 def _valid_authority(authority: str) -> str:
     """`host[:port]` with a DNS-style name, IPv4 or bracketed IPv6; no userinfo."""
-    host, port = authority, ""
     if authority.startswith("["):
         inner, close, rest = authority[1:].partition("]")
         try:
@@ -223,13 +228,13 @@ def fill_fields(
 
 
 def keyed_url(target: Target, ignore_query: Iterable[str]) -> tuple[str, str]:
-    """The key's URL of a target, and the path and query a fill sends: the query with ignored
-    parameters dropped and the rest sorted (stable for repeated names)."""
-    query = "" if target.query is None else normalize_query(target.query, list(ignore_query))
-    path_qs = f"{target.path}?{query}" if query else target.path
-    return f"{target.scheme}://{target.host}{path_qs}", path_qs
+    """The key's URL of a target (`gateway.key.normalize_url`: ignored parameters dropped, the
+    rest sorted), and the path and query of it that a fill sends."""
+    url = normalize_url(target.scheme, target.host, target.path_qs, list(ignore_query))
+    return url, url[len(target.scheme) + 3 + len(target.host) :]
 
 
 def query_values(query: str) -> Mapping[str, str]:
-    """A query's parameters, decoded, for tenant sources (first value of each name)."""
+    """A query's parameters, decoded, as a multidict for tenant sources (every value kept, so
+    that one given twice can be told)."""
     return MultiDict(parse_qsl(query, keep_blank_values=True))

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.cache import Cache
-from gateway.canonical import BadRequest, keyed_url, parse_target
+from gateway.canonical import BadRequest, absolute_target, keyed_url, parse_target
 from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
 from gateway.listener import ClientLimits, PublicServer
 from gateway.proxy import forward, incoming, write
@@ -164,8 +164,7 @@ class Gateway:
             targets = [parse_target(url, host, scheme) for scheme, _, host in
                        (site.partition("://") for site in sites)]
         else:
-            scheme = url.partition("://")[0].lower()
-            targets = [parse_target(url, None, scheme)]
+            targets = [absolute_target(url)]
         out = []
         for target in targets:
             route = self.router.match(target.hostname, target.path, "GET")

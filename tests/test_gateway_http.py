@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import tracemalloc
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -169,6 +170,21 @@ async def test_successful_post_invalidates_the_cached_url(
         assert resp.headers["X-Cache"] == "BYPASS"
     again, _ = await get(http, gw, path)
     assert again.headers["X-Cache"] == "MISS"
+
+
+async def test_a_location_is_invalidated_under_the_key_a_request_for_it_has_rfc9111_4_4(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    base = str(gw.make_url("/")).rstrip("/")
+    cached = '/x/../loc"1?h=Cache-Control:max-age%3D60'  # keyed as /loc%221?h=...
+    async with http.get(URL(base + cached, encoded=True)) as resp:
+        await resp.read()
+    location = quote('/x/../loc"1?h=Cache-Control:max-age%3D60', safe="")
+    async with http.post(gw.make_url(f"/p?status=201&h=Location:{location}")) as resp:
+        assert resp.status == 201
+    async with http.get(URL(base + '/loc"1?h=Cache-Control:max-age%3D60', encoded=True)) as again:
+        assert again.headers["X-Cache"] == "MISS"
 
 
 async def test_targeted_cdn_cache_control_wins_and_is_not_forwarded(

@@ -157,7 +157,9 @@ class Upstream:
     ) -> None:
         self.name = name
         self.cfg = cfg
-        self.clock = clock  # wall clock of request and response times (RFC 9111 4.2.3)
+        # The gateway's one clock: request and response times (RFC 9111 4.2.3) and the breaker.
+        # Timers that bound a wait on the network run on the event loop's own clock.
+        self.clock = clock
         base = URL(str(cfg.url))
         self._origin = str(base.origin())
         self._base_path = base.raw_path.rstrip("/")
@@ -224,7 +226,7 @@ class Upstream:
         A body given as bytes can be sent again: it is, once, when a kept-alive connection
         turns out closed as the request goes out (a streamed body cannot be)."""
         assert self._session is not None, "Upstream.start() not called"
-        now = time.monotonic()
+        now = self.clock()
         if not self.breaker.allow(now):
             raise OriginUnavailable(self.name, "circuit open", self.breaker.retry_after(now))
         budget = self.background if background else self.foreground
@@ -243,9 +245,9 @@ class Upstream:
         if resp.status in FAILURE_STATUSES:
             self.failures += 1
         if resp.status in UNAVAILABLE_STATUSES:
-            self.breaker.failure(time.monotonic())
+            self.breaker.failure(self.clock())
         else:
-            self.breaker.success(time.monotonic())
+            self.breaker.success(self.clock())
         self._learn_idle_limit(resp.headers.get("Keep-Alive"))
         total = self.cfg.fetch_timeout - waited if self.cfg.fetch_timeout else None
         deadline = TransferDeadline(
@@ -322,7 +324,7 @@ class Upstream:
 
     def _failed(self) -> None:
         self.failures += 1
-        self.breaker.failure(time.monotonic())
+        self.breaker.failure(self.clock())
 
     def stats(self) -> dict[str, object]:
         return {

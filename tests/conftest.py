@@ -62,7 +62,9 @@ class GatewayServer(BaseTestServer):
 
 @pytest.fixture
 async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
-    """Start a gateway in front of `origin_url`; options fill the BASE_YAML template."""
+    """Start a gateway in front of `origin_url`; options fill the BASE_YAML template. With
+    `clock` (say a tests.clock.SettableClock) the gateway's time moves only when the test
+    moves it."""
     started: list[Gateway] = []
     servers: list[GatewayServer] = []
 
@@ -78,6 +80,7 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         cache_extra: str = "",
         top_extra: str = "",
         yaml_text: str | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> tuple[TestServer, Gateway]:
         text = yaml_text or BASE_YAML.format(
             origin=origin_url.rstrip("/"),
@@ -92,7 +95,8 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         )
         path = tmp_path / "gateway.yaml"
         path.write_text(textwrap.dedent(text))
-        gateway = Gateway(load_config(path, env={}))
+        config = load_config(path, env={})
+        gateway = Gateway(config) if clock is None else Gateway(config, clock=clock)
         await gateway.start()
         started.append(gateway)
         server = GatewayServer(gateway)

@@ -304,9 +304,10 @@ class OriginConfig(_Model):
 
 
 class TenantConfig(_Model):
-    """Per-tenant quota of cached bytes."""
+    """A tenant the operator names: it gets series of its own in the stats (other tenants are
+    counted as `other`), and optionally a quota of cached bytes."""
 
-    max_bytes: Size
+    max_bytes: Size | None = None
 
 
 class MatchConfig(_Model):
@@ -438,8 +439,11 @@ class GatewayConfig(_Model):
 
     def tenant_quota(self, tenant: str) -> int | None:
         """The byte quota for `tenant`, falling back to the `default` tenant's."""
-        found = self.tenants.get(tenant) or self.tenants.get("default")
-        return found.max_bytes if found else None
+        for name in (tenant, "default"):
+            found = self.tenants.get(name)
+            if found is not None and found.max_bytes is not None:
+                return found.max_bytes
+        return None
 
 
 def _cross_check(data: object) -> list[tuple[Loc, str]]:

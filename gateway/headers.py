@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from gateway.exchange import Incoming
+    from gateway.router import Route
 
 HOP_BY_HOP = frozenset(
     {
@@ -67,6 +71,18 @@ def end_to_end(headers: AnyHeaders, drop: Iterable[str] = ()) -> list[tuple[str,
     """The headers that may be forwarded, in order, without hop-by-hop ones and `drop`."""
     skip = HOP_BY_HOP | connection_listed(headers) | {d.lower() for d in drop}
     return [(k, v) for k, v in headers.items() if k.lower() not in skip]
+
+
+def forwarding_fields(req: Incoming, route: Route, origin_host: str, via: str) -> dict[str, Any]:
+    """The fields the gateway sets on every request to a route's origin, as keyword arguments
+    of `fill_request_headers` and `pass_request_headers`."""
+    return {
+        "host": req.target.host if route.cfg.preserve_host else origin_host,
+        "forwarded_host": req.target.host,
+        "scheme": req.target.scheme,
+        "client_ip": req.client_ip,
+        "via": via,
+    }
 
 
 def fill_request_headers(

@@ -101,7 +101,7 @@ class Judgement:
 
 
 @dataclass(frozen=True, slots=True)
-class _Directives:
+class Directives:
     """The response directives this gateway obeys, after RFC 9213 field selection.
 
     `cc` is the winning CDN-Cache-Control-like field, else Cache-Control. `surrogate` is set when
@@ -162,8 +162,10 @@ def _first(headers: Headers, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _effective(resp_headers: Headers, rules: RouteRules) -> _Directives:
-    """RFC 9213 2.2: the first targeted field with usable directives replaces Cache-Control."""
+def effective(resp_headers: Headers, rules: RouteRules) -> Directives:
+    """The response directives this cache obeys, parsed once per response.
+
+    RFC 9213 2.2: the first targeted field with usable directives replaces Cache-Control."""
     for name in rules.targeted_fields:
         values = _all(resp_headers, name)
         if not values:
@@ -172,18 +174,18 @@ def _effective(resp_headers: Headers, rules: RouteRules) -> _Directives:
             directives = parse_cache_control(values)
             if "max-age" in directives or "no-store" in directives:
                 cc = parse_cache_control(_all(resp_headers, "Cache-Control"))
-                return _Directives(cc, surrogate=directives, consumed=name)
+                return Directives(cc, surrogate=directives, consumed=name)
         else:
             directives = parse_targeted(values)
             if directives.keys() & KNOWN_DIRECTIVES:
-                return _Directives(directives, consumed=name)
-    return _Directives(parse_cache_control(_all(resp_headers, "Cache-Control")))
+                return Directives(directives, consumed=name)
+    return Directives(parse_cache_control(_all(resp_headers, "Cache-Control")))
 
 
 def consumed_field(resp_headers: Headers, rules: RouteRules) -> str | None:
     """The targeted field (CDN-Cache-Control, Surrogate-Control, ...) whose directives this cache
     obeyed, which it then keeps from clients; an unusable one is ignored and passes through."""
-    return _effective(resp_headers, rules).consumed
+    return effective(resp_headers, rules).consumed
 
 
 def _request_directives(req_headers: Headers) -> dict[str, str | None]:
@@ -238,7 +240,8 @@ def strip_fields(resp_headers: Headers, rules: RouteRules | None = None) -> tupl
 
 
 def storable(method: str, status: int, req_headers: Headers, resp_headers: Headers,
-             rules: RouteRules, client_no_cache: str = "honor") -> str | None:
+             rules: RouteRules, client_no_cache: str = "honor",
+             directives: Directives | None = None) -> str | None:
     """None when a shared cache may store the response (RFC 9111 3, 3.5), else the reason.
 
     Reasons: "method", "status", "must-understand", "no-store", "private", "authorization",
@@ -253,7 +256,7 @@ def storable(method: str, status: int, req_headers: Headers, resp_headers: Heade
         return "status"
     if "no-store" in request_directives(req_headers, client_no_cache):
         return "no-store"  # RFC 9111 5.2.1.5
-    d = _effective(resp_headers, rules)
+    d = directives or effective(resp_headers, rules)
     if "must-understand" in d.cc and status not in UNDERSTOOD_STATUSES:
         return "must-understand"  # RFC 9111 5.2.2.3
     if d.forbids_storing(status):
@@ -281,7 +284,7 @@ def _cap(value: float, cap: float | None) -> float:
 
 
 def _lifetime(status: int, resp_headers: Headers, response_time: float, rules: RouteRules,
-              d: _Directives) -> float:
+              d: Directives) -> float:
     """RFC 9111 4.2.1, with the targeted fields of RFC 9213 in front; invalid values are 0."""
     if d.surrogate is not None and "max-age" in d.surrogate:
         return float(surrogate_max_age(d.surrogate["max-age"]) or 0)
@@ -317,7 +320,7 @@ def _window(value: str | None, present: bool, cap: float | None, default: float,
 
 
 def freshness(status: int, resp_headers: Headers, response_time: float,
-              rules: RouteRules) -> Freshness:
+              rules: RouteRules, directives: Directives | None = None) -> Freshness:
     """Lifetime from CDN-Cache-Control > Surrogate-Control > s-maxage > max-age > Expires >
     heuristic (only if the route enables it), plus the RFC 5861 windows.
 
@@ -327,7 +330,7 @@ def freshness(status: int, resp_headers: Headers, response_time: float,
     do not apply to it (unless the route says `stale_overrides_origin`), but the origin's own
     stale-while-revalidate / stale-if-error, sent next to s-maxage, are explicit and do.
     """
-    d = _effective(resp_headers, rules)
+    d = directives or effective(resp_headers, rules)
     forbidden = d.must_revalidate or d.no_cache or d.forbids_storing(status)
     implied = "s-maxage" in d.cc and not rules.stale_overrides_origin
     default_swr, default_sie = (0.0, 0.0) if implied else (rules.default_swr, rules.default_sie)

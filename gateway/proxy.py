@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 from aiohttp import StreamReader, web
 
 from gateway import policy
-from gateway.cache import Cache, Incoming, Reply
+from gateway.cache import Cache
 from gateway.canonical import Target, client_fields, parse_target
-from gateway.headers import client_response_headers
+from gateway.exchange import Incoming, Reply, StreamCut
+from gateway.outcomes import Outcome
 from gateway.router import Route
 from gateway.upstream import BodyStalled, ClientStalled, OriginError
 
@@ -54,23 +55,13 @@ async def forward(
         body = await _request_body(request, upstream.cfg.replay_body_limit, body_timeout)
         resp = await upstream.request(req.method, req.target.path_qs, headers, body)
     except OriginError as exc:
-        return cache.origin_error_reply(exc, fwd)
-    if route.cached and policy.invalidates(req.method, resp.status):
-        await cache.invalidate(cache.locate(req, route), resp.headers)
-    cache.counters["bypass"] += 1
-    out = client_response_headers(resp.headers, keep_tags=True)
-    out.append(("Via", cache.via))
-    out.append(
-        (
-            "Cache-Status",
-            policy.cache_status(cache.name, hit=False, fwd=fwd, fwd_status=resp.status),
-        )
-    )
-    out.append(("X-Cache", "BYPASS"))
-    length = resp.headers.get("Content-Length")
-    if length is not None:
-        out.append(("Content-Length", length))
-    return Reply(resp.status, out, stream=resp)
+        return cache.replies.origin_error(exc, fwd)
+    look = cache.locate(req, route) if route.cached else None
+    if look is not None and policy.invalidates(req.method, resp.status):
+        await cache.invalidate(look, resp.headers)
+    cache.recorder.count(Outcome.BYPASS, look.tenant if look is not None else "")
+    status = policy.cache_status(cache.settings.name, hit=False, fwd=fwd, fwd_status=resp.status)
+    return cache.replies.forwarded(resp, status, "BYPASS", keep_tags=route.cfg.cache.keep_tags)
 
 
 async def _request_body(
@@ -108,28 +99,26 @@ async def write(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
     """Send a reply; HEAD, 204 and 304 carry no body (Content-Length of the full body kept)."""
     headers = reply.headers  # aiohttp copies them into its own CIMultiDict once
     bodyless = request.method == "HEAD" or reply.status in NO_BODY_STATUSES
-    if reply.stream is None:
+    if isinstance(reply.body, bytes):
         # aiohttp keeps Content-Length = len(body) for HEAD and sends no body.
         body = None if reply.status in NO_BODY_STATUSES else reply.body
         return web.Response(status=reply.status, headers=headers, body=body)
-    origin = reply.stream
+    stream = reply.body
     try:
         resp = web.StreamResponse(status=reply.status, headers=headers)
         await resp.prepare(request)
         if not bodyless:
-            if reply.body:
-                await resp.write(reply.body)
-            async for chunk in origin.chunks():
+            async for chunk in stream:
                 await resp.write(chunk)
         await resp.write_eof()
         return resp
-    except (ConnectionError, OSError, OriginError) as exc:
-        # The client went away, or the origin did (or was too slow) mid-body. Headers are gone
-        # already (with a Content-Length the client would wait for): the only honest signal is
-        # to cut the connection.
+    except (ConnectionError, OSError, OriginError, StreamCut) as exc:
+        # The client went away, or the origin did (or was too slow) mid-body, or this client
+        # fell too far behind a shared fill. Headers are gone already (with a Content-Length
+        # the client would wait for): the only honest signal is to cut the connection.
         log.warning("stream aborted for %s: %s", request.path, exc)
         if request.transport is not None:
             request.transport.close()
         return resp
     finally:
-        origin.close()
+        stream.close()

@@ -14,8 +14,10 @@ from gateway.cache import Cache
 from gateway.canonical import BadRequest, absolute_target, keyed_url, parse_target
 from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
 from gateway.listener import ClientLimits, PublicServer
+from gateway.outcomes import Outcome, Recorder
 from gateway.proxy import forward, incoming, write
 from gateway.router import Router
+from gateway.settings import CacheSettings
 from gateway.store.memory import MemoryStore
 from gateway.upstream import Upstream
 
@@ -57,26 +59,24 @@ class Gateway:
         self.config = config
         self.clock = clock  # the one wall clock: cache decisions, origin times, purges, busts
         self.router = Router(config)
+        self.recorder = Recorder(named_tenants(config))
         self.store = MemoryStore(
             config.cache.memory.max_bytes,
             config.cache.memory.max_object_bytes,
             tenant_quota=config.tenant_quota,
-            on_evict=lambda entry: self.cache.count("evictions", entry.tenant),
+            on_evict=lambda entry: self.recorder.count(Outcome.EVICTION, entry.tenant),
         )
         self.upstreams = {
             name: Upstream(name, cfg, self.now) for name, cfg in config.origins.items()
         }
         self._retiring: dict[asyncio.Task[None], Upstream] = {}
         self.cache = Cache(
-            name=config.cache.name,
+            settings=CacheSettings.of(config.cache),
             store=self.store,
             upstreams=self.upstreams,
-            max_object_bytes=config.cache.memory.max_object_bytes,
-            cache_bust=config.cache.cache_bust,
-            bust_grace=config.cache.bust_grace,
-            collapse_timeout=config.cache.collapse_timeout,
-            pass_ttl=config.cache.pass_ttl,
+            recorder=self.recorder,
             clock=self.now,
+            cache_bust=config.cache.cache_bust,
         )
 
     def now(self) -> float:
@@ -113,18 +113,15 @@ class Gateway:
             retired.append(upstreams.pop(name))
         self.config = config
         self.router = Router(config)
-        self.cache.url_memory.clear()  # route names may now stand for other rules
+        self.cache.locator.forget()  # route names may now stand for other rules
         self.upstreams = self.cache.upstreams = upstreams
         c = config.cache
         self.store.max_bytes = c.memory.max_bytes
         self.store.max_object_bytes = c.memory.max_object_bytes
         self.store.tenant_quota = config.tenant_quota
-        self.cache.name, self.cache.via = c.name, f"1.1 {c.name}"
-        self.cache.max_object_bytes = c.memory.max_object_bytes
+        self.cache.settings.update(c)
         self.cache.generations.cache_bust = c.cache_bust
-        self.cache.bust_grace = c.bust_grace
-        self.cache.collapse_timeout = c.collapse_timeout
-        self.cache.pass_ttl = c.pass_ttl
+        self.recorder.name_tenants(named_tenants(config))
         for upstream in retired:  # requests in flight on them finish first
             task = asyncio.get_running_loop().create_task(_close_later(upstream))
             self._retiring[task] = upstream
@@ -154,7 +151,7 @@ class Gateway:
             count = await self.store.purge_tags(tenant, tags, soft_at)
         else:
             count = await self.store.purge_tenant(tenant, soft_at)
-        self.cache.count("soft_purged" if soft else "purged", tenant, count)
+        self.recorder.count(Outcome.SOFT_PURGED if soft else Outcome.PURGED, tenant, count)
         return count
 
     def _normalised(self, url: str, sites: list[str]) -> list[str]:
@@ -175,7 +172,7 @@ class Gateway:
     def bust(self, tenant: str, *, soft: bool) -> dict[str, object]:
         """Bump the tenant's (or with `*` the global) generation: hard = new keys, O(1)."""
         result = self.cache.generations.bump(tenant, soft=soft, now=self.clock())
-        self.cache.count("soft_busts" if soft else "hard_busts", tenant)
+        self.recorder.count(Outcome.SOFT_BUST if soft else Outcome.HARD_BUST, tenant)
         return result
 
     async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -206,19 +203,25 @@ class Gateway:
 
     def stats(self) -> dict[str, object]:
         store = self.store.stats()
-        tenants: dict[str, dict[str, int]] = {}
-        for name, counters in self.cache.tenant_counters.items():
-            tenants[name] = dict(counters)
+        tenants = self.recorder.tenants_by_name()
         for name, held in store["tenants"].items():
             tenants.setdefault(name, {}).update(held)
         return {
-            "cache": dict(self.cache.counters),
+            "cache": self.recorder.totals_by_name(),
             "store": {k: v for k, v in store.items() if k != "tenants"},
             "tenants": tenants,
             "origins": {name: u.stats() for name, u in self.upstreams.items()},
             "in_flight_fills": len(self.cache.flights),
             "generations": self.cache.generations.describe("*"),
         }
+
+
+def named_tenants(config: GatewayConfig) -> set[str]:
+    """The tenants the config names (quotas, admin token scopes): each has its own series."""
+    named = set(config.tenants)
+    for token in config.admin.tokens:
+        named.update(t for t in token.tenants if t != "*")
+    return named
 
 
 async def _close_later(upstream: Upstream) -> None:

@@ -83,24 +83,28 @@ class OriginUnavailable(OriginError):
 
 @dataclass(eq=False)
 class OriginResponse:
-    """An origin response whose headers are read; holds a budget slot until `close()`. Its body
-    is read through `chunks()`, which raises only the gateway's own OriginErrors."""
+    """An origin response whose head is read; holds a budget slot until `close()`.
 
-    resp: aiohttp.ClientResponse
+    `status` and `headers` (the gateway's own mutable copy) are read once; the body is an async
+    iterator of chunks (a `gateway.exchange.Body`) that raises only the gateway's own
+    OriginErrors. aiohttp's response object stays inside this module."""
+
+    _resp: aiohttp.ClientResponse
     budget: Budget
     request_time: float
     response_time: float
     origin: str = "origin"
     deadline: TransferDeadline = field(default_factory=lambda: TransferDeadline(None))
+    status: int = field(init=False)
+    headers: CIMultiDict[str] = field(init=False)
     _closed: bool = field(default=False)
 
-    @property
-    def status(self) -> int:
-        return self.resp.status
+    def __post_init__(self) -> None:
+        self.status = self._resp.status
+        self.headers = CIMultiDict(self._resp.headers)
 
-    @property
-    def headers(self) -> CIMultiDict[str]:
-        return CIMultiDict(self.resp.headers)
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives. OriginTimeout past `fetch_timeout` or below the minimum
@@ -108,7 +112,7 @@ class OriginResponse:
 
         What is already buffered is taken at once: a timer is armed only when the gateway
         actually has to wait for the origin (a small body usually came with the headers)."""
-        content = self.resp.content
+        content = self._resp.content
         while True:
             try:
                 chunk = content.read_nowait()
@@ -130,7 +134,7 @@ class OriginResponse:
         started = loop.time()
         try:
             async with asyncio.timeout(None if wait == math.inf else wait):
-                chunk = await self.resp.content.readany()
+                chunk = await self._resp.content.readany()
         except TimeoutError as exc:
             raise OriginTimeout(self.origin, why or "read_timeout") from exc
         self.deadline.spent(loop.time() - started, 0)
@@ -145,7 +149,7 @@ class OriginResponse:
         """Idempotent: returns the connection (or drops it mid-body) and the budget slot."""
         if not self._closed:
             self._closed = True
-            self.resp.release()
+            self._resp.release()
             self.budget.release()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from gateway.admin import admin_app
 from gateway.config import load_config
 from gateway.server import Gateway, public_server
+from tests.clock import SettableClock
 from tests.echo_origin import create_echo_app
 
 BASE_YAML = """\
@@ -46,6 +48,32 @@ GatewayFactory = Callable[..., Awaitable[tuple["GatewayServer", Gateway]]]
 @pytest.fixture
 async def echo_origin(aiohttp_server) -> TestServer:  # type: ignore[no-untyped-def]
     return await aiohttp_server(create_echo_app())
+
+
+@pytest.fixture
+def clock() -> SettableClock:
+    """The test's one clock: give it to `make_gateway(..., clock=clock)` and to the origins
+    (`clocked_origin`, or tests.clock.stamp_dates), then `clock.advance(s)` instead of sleeping."""
+    return SettableClock()
+
+
+@pytest.fixture
+async def clocked_origin(aiohttp_server, clock: SettableClock) -> TestServer:  # type: ignore[no-untyped-def]
+    """The echo origin stamping `Date` from `clock`: after `clock.advance`, what it sends is
+    new to the gateway, not as old as the advance (RFC 9111 4.2.3 apparent age)."""
+    return await aiohttp_server(create_echo_app(clock))
+
+
+async def eventually(check: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    """Poll `check` until it is true, or fail after `within` seconds naming `what`: for a
+    state another task or process reaches in its own time (a background refresh, a request
+    arriving at an origin), never for a TTL to pass (move the clock instead)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.01)
 
 
 class GatewayServer(BaseTestServer):

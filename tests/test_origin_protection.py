@@ -1,8 +1,10 @@
 """Origin protection against a real gateway and real origins on loopback: single flight, pass
 memory, collapse bounds, stale-while-revalidate, stale-if-error, revalidation, budgets, breaker.
 
-Where a test compares durations, the margin is a multiple of the origin's delay: the behaviour
-under test changes the total by whole origin latencies, not by milliseconds.
+Time that a cache decision reads (TTLs, stale windows, the breaker's reset) is a SettableClock
+the test moves, shared with the origin's `Date`. What happens at the origin is asserted from its
+own counters (requests, requests in flight at once), not from how long a client waited; only the
+wait bounds that run on the event loop (queue timeouts, body timeouts) are real time.
 """
 
 from __future__ import annotations
@@ -17,16 +19,24 @@ from aiohttp.test_utils import TestServer
 
 from origin.app import create_app
 from origin.settings import OriginSettings
-from tests.conftest import GatewayFactory
+from tests.clock import SettableClock, http_date, stamp_dates
+from tests.conftest import GatewayFactory, eventually
+from tests.echo_origin import echo_state
 from tests.test_gateway_http import get, origin_count, spec, until_hit
 
 BUNDLE = "/api/v1/loader/code/published?projectId={p}&platform=react"
 
 
-async def start_loader(aiohttp_server: Any, **overrides: Any) -> TestServer:
+async def start_loader(
+    aiohttp_server: Any, clock: SettableClock | None = None, **overrides: Any
+) -> TestServer:
+    """The demo loader origin; with `clock`, its `Date` fields come from the test's clock."""
     values: dict[str, Any] = {"projects": 20, "codegen_seconds": 0.05}
     values.update(overrides)
-    server: TestServer = await aiohttp_server(create_app(OriginSettings(**values)))
+    app = create_app(OriginSettings(**values))
+    if clock is not None:
+        stamp_dates(app, clock)
+    server: TestServer = await aiohttp_server(app)
     return server
 
 
@@ -75,21 +85,19 @@ async def test_200_concurrent_cold_requests_make_one_origin_request_and_one_code
 async def test_unshareable_response_releases_every_waiter_at_once_and_is_remembered_as_pass(
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    delay = 0.6
     gw, gateway = await make_gateway(str(echo_origin.make_url("/")))
-    path = spec("/private", "Cache-Control:private, max-age=60", delay=str(delay))
-    start = time.perf_counter()
+    origin = echo_state(echo_origin)
+    path = spec("/private", "Cache-Control:private, max-age=60", delay="0.3")
     first_wave = await asyncio.gather(*(get(http, gw, path) for _ in range(20)))
-    elapsed = time.perf_counter() - start
-    # The leader's answer, then every waiter in parallel: two latencies, not twenty.
-    assert elapsed < 3 * delay, elapsed
     assert len({body for _, body in first_wave}) == 20  # each client got its own response
     assert await origin_count(echo_origin) == 20
-    start = time.perf_counter()
+    # The leader's request alone, then every waiter's at once: nineteen at the origin together,
+    # not one after another, each behind a new leader.
+    assert origin.in_flight_max == 19
+    origin.reset_peak()
     second_wave = await asyncio.gather(*(get(http, gw, path) for _ in range(5)))
-    elapsed = time.perf_counter() - start
-    # Remembered as pass: nobody queues behind a leader any more, one latency in all.
-    assert elapsed < 1.6 * delay, elapsed
+    # Remembered as pass: nobody queues behind a leader any more, all five at once.
+    assert origin.in_flight_max == 5
     assert all("collapsed" not in r.headers["Cache-Status"] for r, _ in second_wave)
     assert gateway.cache.counters["pass"] == 25
 
@@ -98,15 +106,20 @@ async def test_waiter_that_gives_up_fetches_for_itself_and_its_response_is_store
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gw, _ = await make_gateway(str(echo_origin.make_url("/")), collapse_timeout="200ms")
-    path = spec("/slowfill", "Cache-Control:max-age=60", delay="0.6")
+    origin = echo_state(echo_origin)
+    path = spec("/slowfill", "Cache-Control:max-age=60", hold="slowfill")
+    origin.gate("slowfill").clear()  # the origin answers nothing until the test says so
     leader = asyncio.create_task(get(http, gw, path))
-    await asyncio.sleep(0.1)
-    waiter, _, waited = await timed_get(http, gw, path)
-    await leader
-    assert waiter.status == 200
-    assert "collapsed" not in waiter.headers["Cache-Status"]
-    assert "stored" in waiter.headers["Cache-Status"]
-    assert waited > 0.6  # gave up after 200 ms, then paid its own origin latency
+    await eventually(lambda: origin.in_flight == 1, "the leader's fill reaches the origin")
+    waiter = asyncio.create_task(get(http, gw, path))
+    # The leader's fill is still held: a second request at the origin is the waiter's own,
+    # sent once it gave up waiting (collapse_timeout, on the event loop's clock).
+    await eventually(lambda: origin.in_flight == 2, "the waiter gives up and fetches itself")
+    origin.gate("slowfill").set()
+    (resp, _), _ = await asyncio.gather(waiter, leader)
+    assert resp.status == 200
+    assert "collapsed" not in resp.headers["Cache-Status"]
+    assert "stored" in resp.headers["Cache-Status"]
     assert await origin_count(echo_origin) == 2
     assert (await get(http, gw, path))[0].headers["X-Cache"] == "HIT"
 
@@ -115,13 +128,16 @@ async def test_client_disconnect_mid_fill_leaves_the_other_waiters_answered(
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gw, _ = await make_gateway(str(echo_origin.make_url("/")))
-    path = spec("/abandoned", "Cache-Control:max-age=60", delay="0.5")
+    origin = echo_state(echo_origin)
+    path = spec("/abandoned", "Cache-Control:max-age=60", hold="abandoned")
+    origin.gate("abandoned").clear()  # the fill stays at the origin until the test lets it go
     async with aiohttp.ClientSession() as leaving:
         leader = asyncio.create_task(get(leaving, gw, path))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: origin.in_flight == 1, "the leader's fill reaches the origin")
         waiters = [asyncio.create_task(get(http, gw, path)) for _ in range(10)]
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # their requests reach the gateway (loopback) and join the fill
         leader.cancel()  # the leader's client goes away; aiohttp cancels its handler
+    origin.gate("abandoned").set()
     results = await asyncio.gather(*waiters)
     assert leader.cancelled()
     assert {resp.status for resp, _ in results} == {200}
@@ -131,53 +147,68 @@ async def test_client_disconnect_mid_fill_leaves_the_other_waiters_answered(
 
 
 async def test_stale_while_revalidate_answers_at_hit_speed_and_refreshes_once(
-    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    clocked_origin: TestServer,
+    clock: SettableClock,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
-    delay = 0.5
-    gw, _ = await make_gateway(str(echo_origin.make_url("/")))
+    gw, _ = await make_gateway(str(clocked_origin.make_url("/")), clock=clock)
+    origin = echo_state(clocked_origin)
     path = spec(
-        "/swr", "Cache-Control:max-age=1, stale-while-revalidate=30", "X-Gen:{n}", delay=str(delay)
+        "/swr", "Cache-Control:max-age=1, stale-while-revalidate=30", "X-Gen:{n}", hold="swr"
     )
     await get(http, gw, path)
-    await asyncio.sleep(1.1)
-    stale = await asyncio.gather(*(timed_get(http, gw, path) for _ in range(10)))
-    assert {resp.headers["X-Cache"] for resp, _, _ in stale} == {"UPDATING"}
-    assert {resp.headers["X-Gen"] for resp, _, _ in stale} == {"1"}
-    assert max(took for _, _, took in stale) < delay / 2
+    clock.advance(2)
+    origin.gate("swr").clear()  # the revalidation will be held at the origin
+    # Every answer comes back while the one revalidation cannot have finished: hit speed, not
+    # the origin's (were they waiting for it, this would time out).
+    stale = await asyncio.wait_for(asyncio.gather(*(get(http, gw, path) for _ in range(10))), 5)
+    assert {resp.headers["X-Cache"] for resp, _ in stale} == {"UPDATING"}
+    assert {resp.headers["X-Gen"] for resp, _ in stale} == {"1"}
+    await eventually(lambda: origin.in_flight == 1, "the background revalidation is sent")
+    origin.gate("swr").set()
     resp, _ = await until_hit(http, gw, path)  # the one background revalidation
     assert resp.headers["X-Cache"] == "HIT"
     assert resp.headers["X-Gen"] == "2"
-    assert await origin_count(echo_origin) == 2
+    assert await origin_count(clocked_origin) == 2
 
 
 async def test_route_stale_while_revalidate_applies_unless_the_origin_forbids_stale(
-    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    clocked_origin: TestServer,
+    clock: SettableClock,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
     gw, _ = await make_gateway(
-        str(echo_origin.make_url("/")), route_cache=", stale_while_revalidate: 30s"
+        str(clocked_origin.make_url("/")), route_cache=", stale_while_revalidate: 30s", clock=clock
     )
     plain = spec("/default-swr", "Cache-Control:max-age=1")
     strict = spec("/strict", "Cache-Control:max-age=1, must-revalidate")
     await get(http, gw, plain)
     await get(http, gw, strict)
-    await asyncio.sleep(1.1)
+    clock.advance(2)
     assert (await get(http, gw, plain))[0].headers["X-Cache"] == "UPDATING"
     assert (await get(http, gw, strict))[0].headers["X-Cache"] == "EXPIRED"
 
 
 async def test_stale_if_error_serves_the_stale_entry_for_each_kind_of_origin_failure(
-    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    aiohttp_server: Any,
+    clock: SettableClock,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
-    loader = await start_loader(aiohttp_server, s_maxage=1, swr=0)
+    loader = await start_loader(aiohttp_server, clock, s_maxage=1, swr=0)
     gw, _ = await make_gateway(
         str(loader.make_url("/")),
         read_timeout="400ms",
         route_cache=", stale_if_error: 5m, stale_overrides_origin: true",  # over s-maxage
         origin_extra=", breaker: {failures: 100}",
+        clock=clock,
     )
     cached, cold = BUNDLE.format(p="p1"), BUNDLE.format(p="p2")
     fresh, fresh_body = await get(http, gw, cached)
-    await asyncio.sleep(1.1)
+    assert (await get(http, gw, cached))[0].headers["X-Cache"] == "HIT"
+    clock.advance(2)
 
     await loader_call(http, loader, "/__faults", {"status": 503})
     resp, body = await get(http, gw, cached)
@@ -201,45 +232,58 @@ async def test_stale_if_error_serves_the_stale_entry_for_each_kind_of_origin_fai
 
 
 async def test_route_grace_does_not_serve_an_s_maxage_response_stale_rfc9111_5_2_2_10(
-    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    aiohttp_server: Any,
+    clock: SettableClock,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
-    loader = await start_loader(aiohttp_server, s_maxage=1, swr=0)
+    loader = await start_loader(aiohttp_server, clock, s_maxage=1, swr=0)
     gw, _ = await make_gateway(
         str(loader.make_url("/")),
         route_cache=", stale_if_error: 5m, stale_while_revalidate: 5m",
         origin_extra=", breaker: {failures: 100}",
+        clock=clock,
     )
     cached = BUNDLE.format(p="p1")
     await get(http, gw, cached)
-    await asyncio.sleep(1.1)  # s-maxage=1 implies proxy-revalidate: stale now means revalidate
+    assert (await get(http, gw, cached))[0].headers["X-Cache"] == "HIT"
+    clock.advance(2)  # s-maxage=1 implies proxy-revalidate: stale now means revalidate
     await loader_call(http, loader, "/__faults", {"status": 503})
     resp, _ = await get(http, gw, cached)
     assert (resp.status, resp.headers["X-Cache"]) == (503, "MISS")
 
 
 async def test_304_from_the_origin_refreshes_headers_and_keeps_the_body(
-    aiohttp_server: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    aiohttp_server: Any,
+    clock: SettableClock,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
-    loader = await start_loader(aiohttp_server, s_maxage=1, swr=0)
-    gw, _ = await make_gateway(str(loader.make_url("/")))
+    loader = await start_loader(aiohttp_server, clock, s_maxage=1, swr=0)
+    gw, _ = await make_gateway(str(loader.make_url("/")), clock=clock)
     path = BUNDLE.format(p="p3")
     first, body1 = await get(http, gw, path)
-    await asyncio.sleep(1.1)
+    clock.advance(2)
     again, body2 = await get(http, gw, path)
     assert again.headers["X-Cache"] == "REVALIDATED"
     assert body2 == body1
-    assert again.headers["Date"] != first.headers["Date"]  # taken from the 304
-    assert int(again.headers["Age"]) == 0
+    assert first.headers["Date"] != again.headers["Date"] == http_date(clock)  # the 304's
+    assert again.headers["Age"] == "0"
     stats = await loader_call(http, loader, "/__stats")
     assert (stats["not_modified"], stats["codegen_runs"], stats["requests_total"]) == (1, 1, 2)
     assert (await get(http, gw, path))[0].headers["X-Cache"] == "HIT"
 
 
 async def test_breaker_opens_after_failures_then_serves_stale_or_503_and_closes_after_a_probe(
-    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    clocked_origin: TestServer,
+    clock: SettableClock,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
     gw, gateway = await make_gateway(
-        str(echo_origin.make_url("/")), origin_extra=", breaker: {failures: 3, reset: 2s}"
+        str(clocked_origin.make_url("/")),
+        origin_extra=", breaker: {failures: 3, reset: 2s}",
+        clock=clock,
     )
     stale_ok = spec("/sie", "Cache-Control:max-age=1, stale-if-error=60")
     await get(http, gw, stale_ok)
@@ -247,15 +291,17 @@ async def test_breaker_opens_after_failures_then_serves_stale_or_503_and_closes_
         resp, _ = await get(http, gw, f"/nocache/fail{i}?status=503")
         assert resp.status == 503  # the origin's own answer, passed through
     assert gateway.upstreams["o"].breaker.state == "open"
-    before = await origin_count(echo_origin)
+    before = await origin_count(clocked_origin)
     resp, body = await get(http, gw, "/nocache/ok")
-    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+    assert resp.status == 503 and resp.headers["Retry-After"] == "2"  # the whole reset to go
     assert json.loads(body)["error"] == "origin unavailable"
-    await asyncio.sleep(1.1)
+    clock.advance(1.5)
     resp, _ = await get(http, gw, stale_ok)
     assert (resp.status, resp.headers["X-Cache"]) == (200, "STALE")
-    assert await origin_count(echo_origin) == before  # open: nothing reached the origin
-    await asyncio.sleep(1.0)
+    resp, _ = await get(http, gw, "/nocache/ok")
+    assert (resp.status, resp.headers["Retry-After"]) == (503, "1")  # still open: 0.5 s to go
+    assert await origin_count(clocked_origin) == before  # open: nothing reached the origin
+    clock.advance(0.5)
     resp, _ = await get(http, gw, "/nocache/ok")
     assert resp.status == 200  # the probe after `reset`
     assert gateway.upstreams["o"].breaker.state == "closed"

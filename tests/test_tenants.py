@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 from aiohttp.test_utils import TestServer
 
 from origin.app import create_app
 from origin.settings import OriginSettings
-from tests.conftest import GatewayFactory
-from tests.test_gateway_http import get, origin_count, spec
+from tests.clock import SettableClock
+from tests.conftest import GatewayFactory, eventually
+from tests.test_gateway_http import get, origin_count, spec, until_hit
 
 CACHED = "Cache-Control:max-age=60"
 
@@ -100,10 +100,10 @@ async def test_soft_purge_by_tag_serves_stale_while_refreshing(
     stale, _ = await get(http, gw, tagged)
     assert stale.headers["X-Cache"] == "UPDATING"
     assert stale.headers["X-Gen"] == "1"
-    await asyncio.sleep(0.2)
-    fresh, _ = await get(http, gw, tagged)
+    fresh, _ = await until_hit(http, gw, tagged)  # the one background refresh lands
     assert fresh.headers["X-Cache"] == "HIT"
     assert fresh.headers["X-Gen"] == "2"
+    assert await origin_count(echo_origin) == 3  # two fills, one refresh
     assert (await get(http, gw, other))[0].headers["X-Cache"] == "HIT"
     assert await gateway.purge("a", tags=["green"]) == 1
     assert (await get(http, gw, other))[0].headers["X-Cache"] == "MISS"
@@ -122,17 +122,24 @@ async def test_purge_by_path_finds_every_variant_on_the_tenants_hosts(
 
 
 async def test_soft_bust_past_its_grace_counts_as_a_miss(
-    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    clocked_origin: TestServer,
+    clock: SettableClock,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
-    yaml_text = tenant_yaml(str(echo_origin.make_url("/")), extra_cache="bust_grace: 300ms")
-    gw, gateway = await make_gateway("", yaml_text=yaml_text)
+    yaml_text = tenant_yaml(str(clocked_origin.make_url("/")), extra_cache="bust_grace: 30s")
+    gw, gateway = await make_gateway("", yaml_text=yaml_text, clock=clock)
     path = spec("/g", CACHED, projectId="a")
+    other = spec("/g", CACHED, projectId="b")
     await get(http, gw, path)
+    await get(http, gw, other)
     gateway.bust("a", soft=True)
-    await asyncio.sleep(0.4)
+    clock.advance(31)  # past the grace; by its max-age=60 the entry would still be fresh
     resp, _ = await get(http, gw, path)
     assert resp.headers["X-Cache"] == "MISS"
-    assert await origin_count(echo_origin) == 2
+    assert "fwd=uri-miss" in resp.headers["Cache-Status"]
+    assert (await get(http, gw, other))[0].headers["X-Cache"] == "HIT"  # not tenant b's
+    assert await origin_count(clocked_origin) == 3
 
 
 async def test_tag_headers_reach_clients_only_when_the_route_keeps_them(
@@ -165,21 +172,11 @@ async def test_soft_bust_of_many_hot_keys_stays_within_the_background_budget(
     async with http.post(loader.make_url("/__stats/reset")):
         pass
     gateway.bust("*", soft=True)
-    waits: list[float] = []
     labels: list[str] = []
-
-    async def client(path: str) -> None:
-        start = time.perf_counter()
-        resp, _ = await get(http, gw, path)
-        waits.append(time.perf_counter() - start)
-        labels.append(resp.headers["X-Cache"])
-
-    for _ in range(3):  # three rounds of every hot key at once, bounded
-        await asyncio.gather(*(client(p) for p in paths))
-    for _ in range(100):  # let the background refreshes drain, bounded
-        if gateway.stats()["in_flight_fills"] == 0:
-            break
-        await asyncio.sleep(0.05)
+    for _ in range(3):  # three rounds of every hot key at once
+        answers = await asyncio.gather(*(get(http, gw, p) for p in paths))
+        labels += [resp.headers["X-Cache"] for resp, _ in answers]
+    await eventually(lambda: gateway.stats()["in_flight_fills"] == 0, "the refreshes drain")
     async with http.get(loader.make_url("/__stats")) as resp:
         stats = await resp.json()
     assert stats["in_flight_max"] <= 2

@@ -1,19 +1,18 @@
 """A client's no-cache must not drive the origin: `client_no_cache: honor | coalesce | ignore`.
 
-Time is the gateway's injected clock; the origin is the echo origin, whose request count is what
-each test asserts on.
+Time is a SettableClock shared by the gateway and the echo origin's `Date`; the origin's request
+count is what each test asserts on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.server import Gateway
+from tests.clock import SettableClock
 from tests.conftest import GatewayFactory
 from tests.test_gateway_http import get, origin_count, spec
 
@@ -25,47 +24,31 @@ FORCING = [
 ]
 
 
-class Clock:
-    """A wall clock the test moves by hand, starting now."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def frozen(gateway: Gateway) -> Clock:
-    clock = Clock()
-    gateway.clock = clock
-    return clock
-
-
 @pytest.mark.parametrize("forcing", FORCING, ids=lambda h: f"{h}")
 async def test_coalesce_revalidates_at_most_once_per_second_however_many_clients_ask(
     forcing: dict[str, str],
-    echo_origin: TestServer,
+    clocked_origin: TestServer,
+    clock: SettableClock,
     make_gateway: GatewayFactory,
     http: aiohttp.ClientSession,
 ) -> None:
-    gw, gateway = await make_gateway(str(echo_origin.make_url("/")))  # coalesce is the default
-    clock = frozen(gateway)
+    gw, _ = await make_gateway(str(clocked_origin.make_url("/")), clock=clock)  # coalesce
     path = spec("/nc", "Cache-Control:max-age=3600", "ETag:\"v\"", delay="0.05")
     await get(http, gw, path)
-    clock.now += 5  # the entry was validated 5 s ago: one client-caused revalidation is due
+    clock.advance(5)  # the entry was validated 5 s ago: one client-caused revalidation is due
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as clients:
         asks = [get(clients, gw, path, headers=forcing) for _ in range(50)]
         answers = await asyncio.gather(*asks)
     assert {resp.status for resp, _ in answers} == {200}
-    assert await origin_count(echo_origin) == 2  # the fill, then one shared revalidation
+    assert await origin_count(clocked_origin) == 2  # the fill, then one shared revalidation
     for _ in range(20):  # within the same second: answered from that result
-        clock.now += 0.04
+        clock.advance(0.04)
         resp, _ = await get(http, gw, path, headers=forcing)
         assert resp.headers["X-Cache"] == "HIT"
-    assert await origin_count(echo_origin) == 2
-    clock.now += 1.0
+    assert await origin_count(clocked_origin) == 2
+    clock.advance(1.0)
     await get(http, gw, path, headers=forcing)
-    assert await origin_count(echo_origin) == 3
+    assert await origin_count(clocked_origin) == 3
 
 
 async def test_honor_revalidates_every_time_and_ignore_never(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tests.clock import SettableClock
 from tests.conftest import GatewayFactory
 from tests.test_gateway_http import get
 
@@ -84,7 +85,7 @@ async def test_a_dripping_origin_is_cut_below_the_minimum_rate(
 
 
 async def test_a_dripping_origin_behind_a_stale_entry_serves_it_stale(
-    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    clock: SettableClock, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     fast = {"drip": False}
 
@@ -99,9 +100,9 @@ async def test_a_dripping_origin_behind_a_stale_entry_serves_it_stale(
         writer.close()
 
     async with raw_origin(handle) as url:
-        gw, gateway = await make_gateway(url, origin_extra=", fetch_timeout: 500ms")
-        await get(http, gw, "/s")
-        gateway.clock = lambda: time.time() + 10  # stale now; the origin starts dripping
+        gw, _ = await make_gateway(url, origin_extra=", fetch_timeout: 500ms", clock=clock)
+        await get(http, gw, "/s")  # no Date: the gateway dates it by its own clock
+        clock.advance(10)  # stale now; the origin starts dripping
         fast["drip"] = True
         resp, body = await get(http, gw, "/s")
         assert (resp.status, resp.headers["X-Cache"], body) == (200, "STALE", b"fresh")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -15,8 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+import origin.app as origin_app
 from origin.app import STATE, OriginState, create_app
 from origin.settings import OriginSettings
+from tests.conftest import eventually
 from tests.processes import fetch, free_port, run_module, serving
 
 PUBLISHED = "/api/v1/loader/code/published?projectId={p}&platform=react"
@@ -242,16 +244,28 @@ async def test_fault_status_and_reset(client: TestClient[Any, Any]) -> None:
     assert (await client.get(PUBLISHED.format(p="p1"))).status == 200
 
 
-async def test_fault_delay(client: TestClient[Any, Any]) -> None:
-    await client.get(PUBLISHED.format(p="p1"))
+async def test_fault_delay(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delay fault holds each counted request for `delay_seconds` before it is handled, and
+    never a control endpoint. The origin's sleep is replaced by one the test lets go of, so what
+    is asserted is that the request waits and for how long it was told to, not a stopwatch."""
+    asked: list[float] = []
+    release = asyncio.Event()
+
+    async def held(seconds: float) -> None:
+        asked.append(seconds)
+        await release.wait()
+
+    monkeypatch.setattr(origin_app, "asyncio", SimpleNamespace(**{**vars(asyncio), "sleep": held}))
+    assert (await client.get(PUBLISHED.format(p="p1"))).status == 200  # no fault: not held
     await set_faults(client, delay_seconds=0.3)
-    started = time.perf_counter()
-    resp = await client.get(PUBLISHED.format(p="p1"))
-    assert resp.status == 200
-    assert time.perf_counter() - started >= 0.25
-    started = time.perf_counter()
-    await client.get("/__stats")
-    assert time.perf_counter() - started < 0.25
+    delayed = asyncio.create_task(client.get(PUBLISHED.format(p="p1")))
+    await eventually(lambda: asked == [0.3], "the request is held by the delay")
+    data = await stats(client)  # answered while the delayed request is held
+    assert (data["in_flight"], data["responses_by_status"]) == (1, {"200": 1})
+    release.set()
+    assert (await delayed).status == 200
+    assert asked == [0.3]
+    assert (await stats(client))["responses_by_status"] == {"200": 2}
 
 
 async def test_fault_fail_rate(client: TestClient[Any, Any]) -> None:

@@ -49,11 +49,14 @@ def fetch(url: str, *, method: str = "GET", body: Any = None, token: str | None 
 
 @contextmanager
 def serving(
-    args: list[str], ready_url: str, timeout: float = 20.0
+    args: list[str], ready_url: str, timeout: float = 20.0, log: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `python -m <args>` until `ready_url` answers; always stopped (then killed) after."""
+    """Run `python -m <args>` until `ready_url` answers; always stopped (then killed) after.
+    With `log`, its output (stdout and stderr) goes to that file, which a test may read while
+    it runs (what the process logs is how it says it handled a signal)."""
+    sink = subprocess.PIPE if log is None else log.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", *args], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + timeout
@@ -66,7 +69,10 @@ def serving(
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     proc.kill()
+                    proc.wait()
                     output = proc.stdout.read() if proc.stdout else b""
+                    if log is not None:
+                        output = log.read_bytes()
                     raise RuntimeError(
                         f"{args[0]} did not start: {output.decode(errors='replace')}"
                     ) from None
@@ -81,3 +87,5 @@ def serving(
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+        if not isinstance(sink, int):
+            sink.close()

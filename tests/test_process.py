@@ -38,6 +38,7 @@ class Running:
     config: Path
     ports: dict[str, int]
     pid: int
+    log: Path  # what the gateway process writes (its log lines)
 
     @property
     def gateway(self) -> str:
@@ -55,6 +56,9 @@ class Running:
         done = run_module("gateway", *args, env=env)
         return done.returncode, done.stdout + done.stderr
 
+    def logged(self) -> str:
+        return self.log.read_text(errors="replace")
+
     def cache_status(self) -> str:
         status, headers, _ = fetch(self.gateway + BUNDLE)
         assert status == 200
@@ -65,13 +69,15 @@ class Running:
 def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
     monkeypatch.setenv("TEST_ADMIN_TOKEN", TOKEN)
     ports = {"port": free_port(), "admin_port": free_port(), "origin_port": free_port()}
-    run = Running(tmp_path / "gateway.yaml", ports, 0)
+    run = Running(tmp_path / "gateway.yaml", ports, 0, tmp_path / "gateway.log")
     run.write()
     origin = ["origin", "--host", "127.0.0.1", "--port", str(ports["origin_port"]),
               "--projects", "3", "--codegen-seconds", "0.05"]
     with (
         serving(origin, f"http://127.0.0.1:{ports['origin_port']}/healthz"),
-        serving(["gateway", "--config", str(run.config)], f"{run.admin}/healthz") as gateway,
+        serving(
+            ["gateway", "--config", str(run.config)], f"{run.admin}/healthz", log=run.log
+        ) as gateway,
     ):
         run.pid = gateway.pid
         yield run
@@ -106,11 +112,16 @@ def test_sighup_keeps_the_running_config_on_a_broken_file_and_applies_a_good_one
     assert running.cache_status().startswith("edge;")
     running.config.write_text(running.config.read_text() + "nonsense: [\n")
     os.kill(running.pid, signal.SIGHUP)
-    time.sleep(0.3)
+    # The signal has been handled, and the file refused, before the config in force is looked
+    # at: otherwise "still the old config" could only mean "not handled yet".
+    assert wait_for(lambda: "SIGHUP: config not reloaded" in running.logged()), running.logged()
+    assert f"{running.config}:" in running.logged()  # it says where the file is broken
+    assert "config reloaded" not in running.logged()
     assert running.cache_status().startswith("edge;")  # still up, old config
     running.write(name="edge2")
     os.kill(running.pid, signal.SIGHUP)
-    assert wait_for(lambda: running.cache_status().startswith("edge2;"))
+    assert wait_for(lambda: f"config reloaded from {running.config}" in running.logged())
+    assert running.cache_status().startswith("edge2;")
 
 
 def test_admin_client_purges_busts_shows_stats_and_reports_refusals(running: Running) -> None:

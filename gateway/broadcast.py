@@ -6,9 +6,9 @@ own pace, and waits only when it has caught up. A body that will be stored is he
 held only from the slowest reader's position on, up to `window` bytes: past that, readers behind
 the fastest are cut off, so a slow client never slows the others, and the fill waits for the
 fastest (`make_room`), as a plain proxy would; a fill never holds much more than `window`.
-Clients that have joined the fill but not started reading yet (`pending`) keep its start held
-while it fits in the window; one that arrives after the start has been let go cannot be served
-from this fill.
+While the body so far fits in the window its start is kept, so a client that joins mid-fill
+reads it from the first byte; clients that have joined but not started reading yet (`pending`)
+keep it a moment longer. One that arrives after the start has been let go fetches alone.
 """
 
 from __future__ import annotations
@@ -82,8 +82,10 @@ class Broadcast:
             except TimeoutError:
                 self._start_lost = True
             self._let_go()
+        self._let_go()
         while self.full() and self._readers:
             await self._next(progress=True)
+            self._let_go()
 
     def _waits_for_starters(self) -> bool:
         return self.full() and self._first == 0 and not self._start_lost and self.pending() > 0
@@ -137,15 +139,16 @@ class Broadcast:
         self._wake_fill()
 
     def _let_go(self) -> None:
-        """Drop what every reader has read; over the window, give up first on the clients
-        still to start, then on the slowest readers."""
-        while self._chunks:
+        """Over the window, drop what every reader has read (within it the start stays, for
+        clients that join later); give up first on the clients still to start, then on the
+        readers behind the fastest."""
+        while self._chunks and self._held > self.window:
             pinned = self._first == 0 and not self._start_lost and self.pending() > 0
             slowest = 0 if pinned else min(self._at, default=self._first + len(self._chunks))
             if slowest > self._first:
                 self._held -= len(self._chunks.popleft())
                 self._first += 1
-            elif self._held <= self.window or pinned or slowest == max(self._at):
+            elif pinned or slowest == max(self._at):
                 break  # the fill waits for them (see `make_room`)
             else:
                 for reader in [r for r in self._readers if r.position == slowest]:

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from multidict import CIMultiDict
 
-from gateway import policy
+from gateway import invalidation, policy
+from gateway.cache_status import cache_status
 from gateway.canonical import BadRequest, absolute_target, keyed_url
 from gateway.coalesce import Flight, SingleFlight
 from gateway.exchange import Incoming, Reply
@@ -95,12 +96,12 @@ class Cache:
         match chosen:
             case Hit(entry=hit, ttl=ttl):
                 self.recorder.count(Outcome.HIT, look.tenant)
-                status = policy.cache_status(self.settings.name, hit=True, ttl=ttl)
+                status = cache_status(self.settings.name, hit=True, ttl=ttl)
                 return self.replies.from_entry(req, hit, now, "HIT", status)
             case ServeStale(entry=stale, ttl=ttl):
                 self.recorder.count(Outcome.STALE_WHILE_REVALIDATE, look.tenant)
                 self.refresh_in_background(look, stale)
-                status = policy.cache_status(
+                status = cache_status(
                     self.settings.name, hit=True, ttl=ttl, detail="stale-while-revalidate"
                 )
                 return self.replies.from_entry(req, stale, now, "UPDATING", status)
@@ -221,7 +222,7 @@ class Cache:
         ):
             self.recorder.count(Outcome.STALE_IF_ERROR, look.tenant)
             fwd_status = exc.status if isinstance(exc, OriginStatusError) else None
-            status = policy.cache_status(
+            status = cache_status(
                 self.settings.name,
                 hit=True,
                 fwd="stale",
@@ -237,7 +238,7 @@ class Cache:
         """RFC 9111 4.4: after a successful unsafe request, drop the target URI and same-origin
         Location / Content-Location, every variant of each."""
         urls = [look.url]
-        for url in policy.invalidation_targets(look.url, resp_headers):
+        for url in invalidation.invalidation_targets(look.url, resp_headers):
             try:  # keyed as a request for it would be
                 target = absolute_target(url)
             except BadRequest:

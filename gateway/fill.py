@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
-from gateway import policy
+from gateway import policy, validation
 from gateway.analysis import Analysis, analyse
 from gateway.broadcast import Broadcast
 from gateway.coalesce import Flight
@@ -136,7 +136,7 @@ class Filler:
         answer on `flight`, then read a shared body to its end and store it if it fits."""
         headers = self.request_headers(look, upstream)
         if stale is not None:
-            headers.update(policy.validators(CIMultiDict(stale.headers)))
+            headers.update(validation.validators(CIMultiDict(stale.headers)))
         epoch = self.generations.epoch  # stamped now: a bust during the fetch still applies
         try:
             resp = await upstream.request("GET", look.path_qs, headers, background=background)
@@ -181,7 +181,7 @@ class Filler:
             rh["Date"] = http_date_text(resp.response_time)
         if stale is not None and resp.status == 304:
             resp.close()
-            merged = CIMultiDict(policy.merge_not_modified(stale.headers, rh))
+            merged = CIMultiDict(validation.merge_not_modified(stale.headers, rh))
             entry = self._entry(look, stale.status, merged, resp, epoch, body=stale.body)
             stored = await self.store.put(entry)
             return Stored(entry, "REVALIDATED", 304, stored)

@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urldefrag, urljoin, urlsplit
 
 from gateway.directives import (
     DELTA_DIRECTIVES,
     FLAG_DIRECTIVES,
     delta_seconds,
-    entity_tags,
     field_names,
     http_date,
     parse_cache_control,
     parse_targeted,
-    sf_item,
     surrogate_max_age,
-    weak_tag,
 )
-from gateway.headers import HOP_BY_HOP
 
 Headers = Any  # multidict.CIMultiDict[str] / CIMultiDictProxy[str]: case-insensitive, getall()
 
@@ -41,7 +35,6 @@ UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 303, 307}
 # none of them is treated as absent, as RFC 9213 2.2 asks for an empty or invalid field.
 KNOWN_DIRECTIVES = (DELTA_DIRECTIVES - {"min-fresh", "max-stale"}) | FLAG_DIRECTIVES
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 # Request directives that send a request to the origin whatever the cache holds.
 _ORIGIN_FORCING = frozenset({"no-cache", "max-age", "min-fresh", "no-store"})
@@ -49,12 +42,7 @@ _ORIGIN_FORCING = frozenset({"no-cache", "max-age", "min-fresh", "no-store"})
 CLIENT_REVALIDATION = 1.0
 SURROGATE_CONTROL = "surrogate-control"
 
-# Fields a 304 must not change in the stored copy (RFC 9111 3.2): Content-Length always; the
-# others describe the stored bytes (kept as received, encoded) or the one exchange.
-_NOT_UPDATED = frozenset({"content-length", "content-encoding", "content-range"}) | HOP_BY_HOP
 
-# Bounds of an RFC 8941 sf-integer, for Cache-Status ttl=.
-_SF_INT_MAX = 999_999_999_999_999
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,86 +415,6 @@ def usable_if_error(fresh: Freshness, age: float, req_headers: Headers) -> bool:
     return limit is not None and staleness <= limit
 
 
-def not_modified(req_headers: Headers, method: str, status: int, resp_headers: Headers,
-                 *, response_time: float | None = None) -> bool:
-    """True when a client conditional (If-None-Match, else If-Modified-Since) is answered by 304
-    (RFC 9110 13.1.2, 13.1.3, 13.2.2; RFC 9111 4.3.2).
-
-    If-None-Match uses the weak comparison; when it is present If-Modified-Since is ignored.
-    Without Last-Modified, the stored Date (else `response_time`) is the modification time.
-    """
-    if method.upper() not in ("GET", "HEAD") or not 200 <= status <= 299:
-        return False
-    if_none_match = _all(req_headers, "If-None-Match")
-    if if_none_match:
-        wanted = [tag for value in if_none_match for tag in entity_tags(value)]
-        if "*" in wanted:
-            return True  # a stored response means a current representation exists
-        etag = _first(resp_headers, "ETag")
-        if etag is None or not entity_tags(etag):
-            return False
-        current = weak_tag(entity_tags(etag)[0])
-        return any(weak_tag(tag) == current for tag in wanted)
-    ims_values = _all(req_headers, "If-Modified-Since")
-    if len(ims_values) != 1:
-        return False  # absent, or several: RFC 9110 13.1.3 says ignore
-    since = http_date(ims_values[0])
-    if since is None:
-        return False
-    modified = http_date(_first(resp_headers, "Last-Modified"))
-    if modified is None:
-        modified = http_date(_first(resp_headers, "Date"))
-    if modified is None:
-        modified = response_time
-    return modified is not None and modified <= since
-
-
-def validators(resp_headers: Headers) -> dict[str, str]:
-    """If-None-Match / If-Modified-Since to revalidate a stored response (RFC 9111 4.3.1)."""
-    out: dict[str, str] = {}
-    etag = _first(resp_headers, "ETag")
-    if etag is not None and etag.strip():
-        out["If-None-Match"] = etag.strip()
-    last_modified = _first(resp_headers, "Last-Modified")
-    if last_modified is not None and last_modified.strip():
-        out["If-Modified-Since"] = last_modified.strip()
-    return out
-
-
-def merge_not_modified(stored: Sequence[tuple[str, str]], fresh_headers: Headers,
-                       ) -> tuple[tuple[str, str], ...]:
-    """Stored headers updated from a 304 (RFC 9111 3.2, 4.3.4): replace what the 304 carries,
-    except Content-Length and the fields that must not be updated.
-
-    A name the 304 carries replaces every stored value of that name, in the place of its first
-    stored occurrence; new names are appended. Content-Encoding and Content-Range describe the
-    stored bytes and stay; hop-by-hop and Connection-listed fields are not taken (RFC 9111 3.1).
-    """
-    listed = {
-        name.strip().lower()
-        for value in _all(fresh_headers, "Connection")
-        for name in value.split(",")
-    }
-    skip = _NOT_UPDATED | listed
-    updates: dict[str, list[tuple[str, str]]] = {}
-    for name, value in fresh_headers.items():
-        if name.lower() not in skip:
-            updates.setdefault(name.lower(), []).append((name, value))
-    merged: list[tuple[str, str]] = []
-    replaced: set[str] = set()
-    for name, value in stored:
-        key = name.lower()
-        if key not in updates:
-            merged.append((name, value))
-        elif key not in replaced:
-            merged.extend(updates[key])
-            replaced.add(key)
-    for key, items in updates.items():
-        if key not in replaced:
-            merged.extend(items)
-    return tuple(merged)
-
-
 def vary_names(resp_headers: Headers) -> tuple[str, ...] | None:
     """Lower-cased, sorted Vary names; None for `Vary: *` (never reusable, RFC 9111 4.1)."""
     names: set[str] = set()
@@ -533,70 +441,3 @@ def coded_without_vary(resp_headers: Headers) -> bool:
         return False
     names = vary_names(resp_headers)
     return names is not None and "accept-encoding" not in names
-
-
-def invalidates(method: str, status: int) -> bool:
-    """RFC 9111 4.4: an unsafe method with a non-error status invalidates the target URI."""
-    return method.upper() not in SAFE_METHODS and 200 <= status <= 399
-
-
-def _origin(url: str) -> tuple[str, str, int | None] | None:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if not parts.hostname or scheme not in ("http", "https"):
-        return None
-    return scheme, parts.hostname, port or {"http": 80, "https": 443}[scheme]
-
-
-def invalidation_targets(request_url: str, resp_headers: Headers) -> list[str]:
-    """Absolute same-origin URLs of Location and Content-Location to invalidate too (RFC 9111 4.4).
-
-    Other origins are left alone so that one site cannot purge another's entries.
-    """
-    origin = _origin(request_url)
-    if origin is None:
-        return []
-    targets: list[str] = []
-    for name in ("Location", "Content-Location"):
-        for value in _all(resp_headers, name):
-            url = urldefrag(urljoin(request_url, value.strip())).url
-            if _origin(url) == origin and url != request_url and url not in targets:
-                targets.append(url)
-    return targets
-
-
-def _sf_integer(value: float) -> int:
-    """An RFC 8941 sf-integer: rounded half up, clamped to its 15 digits, NaN as 0."""
-    if math.isnan(value):
-        return 0
-    return math.floor(max(-_SF_INT_MAX, min(_SF_INT_MAX, value + 0.5)))
-
-
-def cache_status(name: str, *, hit: bool, fwd: str | None = None, fwd_status: int | None = None,
-                 stored: bool = False, ttl: float | None = None, collapsed: bool = False,
-                 detail: str | None = None) -> str:
-    """One Cache-Status member (RFC 9211 2), e.g. `edge; fwd=uri-miss; ttl=29; stored`.
-
-    Parameters come in a fixed order (hit, fwd, fwd-status, ttl, stored, collapsed, detail);
-    ttl is rounded to the nearest second, so that it adds up with the whole-second Age served.
-    """
-    params: list[str] = [sf_item(name)]
-    if hit:
-        params.append("hit")
-    if fwd is not None:
-        params.append(f"fwd={sf_item(fwd)}")
-    if fwd_status is not None:
-        params.append(f"fwd-status={_sf_integer(fwd_status)}")
-    if ttl is not None:
-        params.append(f"ttl={_sf_integer(ttl)}")
-    if stored:
-        params.append("stored")
-    if collapsed:
-        params.append("collapsed")
-    if detail is not None:
-        params.append(f"detail={sf_item(detail)}")
-    return "; ".join(params)

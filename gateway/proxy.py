@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import StreamReader, web
 
-from gateway import policy
+from gateway import invalidation
 from gateway.cache import Cache
+from gateway.cache_status import cache_status
 from gateway.canonical import Target, client_fields, parse_target
 from gateway.exchange import Incoming, Reply, StreamCut
 from gateway.outcomes import Outcome
@@ -57,10 +58,10 @@ async def forward(
     except OriginError as exc:
         return cache.replies.origin_error(exc, fwd)
     look = cache.locate(req, route) if route.cached else None
-    if look is not None and policy.invalidates(req.method, resp.status):
+    if look is not None and invalidation.invalidates(req.method, resp.status):
         await cache.invalidate(look, resp.headers)
     cache.recorder.count(Outcome.BYPASS, look.tenant if look is not None else "")
-    status = policy.cache_status(cache.settings.name, hit=False, fwd=fwd, fwd_status=resp.status)
+    status = cache_status(cache.settings.name, hit=False, fwd=fwd, fwd_status=resp.status)
     return cache.replies.forwarded(resp, status, "BYPASS", keep_tags=route.cfg.cache.keep_tags)
 
 

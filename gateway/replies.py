@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from multidict import CIMultiDict
 
-from gateway import policy, ranges
+from gateway import ranges, validation
+from gateway.cache_status import cache_status
 from gateway.exchange import Incoming, Reply
 from gateway.fill import Passed, Stored, Streaming
 from gateway.headers import client_response_headers
@@ -65,7 +66,7 @@ class Replies:
         """The reply from a fill's whole entry; `own` when this request caused the fill, which
         then sees the origin's own response rather than the shared copy."""
         entry = fill.entry
-        status = policy.cache_status(
+        status = cache_status(
             self.settings.name,
             hit=False,
             fwd=fwd,
@@ -84,7 +85,7 @@ class Replies:
         A Range is not honoured on a body still arriving (RFC 9110 14.2 allows ignoring it).
         None when the fill no longer holds the start of its body."""
         entry = fill.entry
-        status = policy.cache_status(
+        status = cache_status(
             self.settings.name,
             hit=False,
             fwd=fwd,
@@ -109,7 +110,7 @@ class Replies:
         """An origin response that may not be shared, to the one client that caused it."""
         fill.claimed = True
         resp = fill.response
-        status = policy.cache_status(
+        status = cache_status(
             self.settings.name, hit=False, fwd=fwd, fwd_status=resp.status, detail=fill.reason
         )
         return self.forwarded(resp, status, "MISS", keep_tags=keep_tags, consumed=fill.consumed)
@@ -150,11 +151,11 @@ class Replies:
         payload: dict[str, object] = {"error": reason, "status": status}
         if detail:
             payload["detail"] = detail
-        cache_status = policy.cache_status(self.settings.name, hit=False, fwd=fwd, detail=reason)
+        status_field = cache_status(self.settings.name, hit=False, fwd=fwd, detail=reason)
         headers = [
             ("Content-Type", "application/json"),
             ("Cache-Control", "no-store"),
-            ("Cache-Status", cache_status),
+            ("Cache-Status", status_field),
             ("X-Cache", "MISS"),
         ]
         if retry_after is not None:
@@ -168,7 +169,7 @@ def _not_modified(
     """304 when the client's conditional matches the stored response (RFC 9111 4.3.2)."""
     if "If-None-Match" not in req.headers and "If-Modified-Since" not in req.headers:
         return None
-    if not policy.not_modified(
+    if not validation.not_modified(
         req.headers,
         req.method,
         entry.status,

@@ -10,28 +10,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from gateway.cache_status import cache_status
 from gateway.directives import delta_seconds, http_date
+from gateway.invalidation import invalidates, invalidation_targets
 from gateway.policy import (
     Freshness,
     Reuse,
     RouteRules,
-    cache_status,
     consumed_field,
     freshness,
     initial_age,
-    invalidates,
-    invalidation_targets,
     judge,
-    merge_not_modified,
-    not_modified,
     parse_cache_control,
     request_directives,
     storable,
     strip_fields,
     usable_if_error,
-    validators,
     vary_names,
 )
+from gateway.validation import merge_not_modified, not_modified, validators
 
 NOW = 1_700_000_000.0
 RULES = RouteRules()

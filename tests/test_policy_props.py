@@ -12,20 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from gateway.cache_status import cache_status
 from gateway.policy import (
     Freshness,
     Reuse,
     RouteRules,
-    cache_status,
     freshness,
     initial_age,
     judge,
-    not_modified,
     parse_cache_control,
     storable,
     usable_if_error,
 )
 from gateway.store import Entry
+from gateway.validation import not_modified
 
 NOW = 1_700_000_000.0
 TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from gateway import invalidation, policy
 from gateway.cache_status import cache_status
 from gateway.canonical import BadRequest, absolute_target, keyed_url
-from gateway.coalesce import Flight, SingleFlight
+from gateway.coalesce import FillAbandoned, Flight, SingleFlight
 from gateway.exchange import Incoming, Reply
 from gateway.fill import Fill, Filler, OriginStatusError, Passed, Stored, Streaming
 from gateway.generations import Generations
@@ -139,6 +139,10 @@ class Cache:
             result = await flight.wait(None if leader else self.settings.collapse_timeout)
         except TimeoutError:
             self.recorder.count(Outcome.COLLAPSE_TIMEOUT, look.tenant)
+            return await self._fetch(look, stale, fwd, alone=True)
+        except FillAbandoned:
+            if alone:
+                return self.replies.error(503, "fill abandoned", fwd=fwd, retry_after=1.0)
             return await self._fetch(look, stale, fwd, alone=True)
         except OriginError as exc:
             return self.on_origin_error(look, stale, exc, fwd)

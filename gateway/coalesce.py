@@ -16,6 +16,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class FillAbandoned(Exception):
+    """The fill was cancelled before it answered (nobody read it, or the gateway stops)."""
+
+
 class Flight(Generic[T]):
     """One running fill: `head` is its first answer, `task` runs it to the end."""
 
@@ -52,15 +56,14 @@ class Flight(Generic[T]):
 
     def _finished(self, task: asyncio.Task[T]) -> None:
         if task.cancelled():
-            if not self.head.done():
-                self.head.cancel()
+            if not self.head.done():  # joiners must not take the fill's end for their own
+                self.head.set_exception(FillAbandoned(self.key))
         elif task.exception() is not None:
             if not self.head.done():
                 self.head.set_exception(task.exception())  # type: ignore[arg-type]
         else:
             self.announce(task.result())
-        if not self.head.cancelled():
-            self.head.exception()  # a failure nobody joined must not log "never retrieved"
+        self.head.exception()  # a failure nobody joined must not log "never retrieved"
 
 
 class SingleFlight(Generic[T]):

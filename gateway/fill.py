@@ -157,9 +157,12 @@ class Filler:
         if task is not None:  # the fill stops when nobody reads a body it will not store
             head.broadcast.on_abandoned = task.cancel
         # A stale entry that may stand in for an error is served if the body fails halfway,
-        # so its revalidation is answered once the body is whole (or too big to store).
-        hold = stale is not None and policy.usable_if_error(
-            stale.freshness, stale.age(self.clock()), look.req.headers
+        # so its revalidation is answered once the body is whole (a body too big to store is
+        # streamed at once: it could not replace the stale entry anyway).
+        hold = (
+            head.broadcast.keep_all
+            and stale is not None
+            and policy.usable_if_error(stale.freshness, stale.age(self.clock()), look.req.headers)
         )
         if not hold:
             flight.announce(head)
@@ -200,6 +203,9 @@ class Filler:
         entry = self._entry(look, resp.status, rh, resp, epoch, analysis=analysis)
         own = self.visible_headers(look, rh, analysis.consumed, drop=("age",))
         x_cache = "MISS" if stale is None else "EXPIRED"
+        # What the URL varies on is known now: a client this answer does not fit (it varies
+        # on a field the fill did not send) looks again under the key that includes it.
+        await self.store.set_vary(vary_record_key(look.tenant, look.url), entry.vary)
         window = self.settings.max_object_bytes
         broadcast = Broadcast(keep_all=fits, window=window, pending=lambda: flight.waiting)
         return Streaming(entry, x_cache, resp.status, broadcast, own, length)
@@ -236,8 +242,6 @@ class Filler:
         entry = head.entry
         entry.body = broadcast.body()
         stored = await self.store.put(entry)
-        if stored:
-            await self.store.set_vary(vary_record_key(look.tenant, look.url), entry.vary)
         self.recorder.count(Outcome.STORED if stored else Outcome.NOT_STORED, look.tenant)
         return Stored(entry, head.x_cache, head.fwd_status, stored, head.own_headers)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tests.clock import SettableClock
 from tests.conftest import GatewayFactory, eventually
 from tests.test_upstream import raw_origin, read_request
 
@@ -169,3 +170,23 @@ async def test_the_fill_is_stored_when_every_client_has_gone(
         async with http.get(gw.make_url("/left")) as again:
             assert again.headers["X-Cache"] == "HIT" and len(await again.read()) == 100_000
         assert origin.requests == 1
+
+
+async def test_a_revalidation_whose_new_body_is_too_big_to_store_streams_it(
+    clock: SettableClock, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    # The stale entry may stand in for an error, so a revalidation answers once its body is
+    # whole; a body too big to store could never replace it, so it is streamed at once.
+    origin = HeldOrigin(size=1000, first=1000, cache_control="max-age=1, stale-if-error=600")
+    origin.gate.set()
+    async with held_origin(origin) as url:
+        gw, _ = await make_gateway(url, max_object_bytes="64KiB", clock=clock)
+        async with http.get(gw.make_url("/grows")) as resp:
+            assert resp.headers["X-Cache"] == "MISS" and len(await resp.read()) == 1000
+        clock.advance(10)
+        origin.size, origin.gate = 512 * 1024, asyncio.Event()
+        resp, part = await first_bytes(http, gw.make_url("/grows"), 1000)
+        assert resp.status == 200 and "detail=too-big" in resp.headers["Cache-Status"]
+        origin.gate.set()
+        assert len(part) + len(await resp.read()) == 512 * 1024
+        resp.close()

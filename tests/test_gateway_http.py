@@ -355,7 +355,7 @@ async def test_response_larger_than_max_object_streams_uncached_with_bounded_mem
         received = 0
         async with http.get(gw.make_url(path)) as resp:
             assert resp.headers["X-Cache"] == "MISS"
-            assert "detail=too-big" in resp.headers["Cache-Status"]
+            assert "stored" not in resp.headers["Cache-Status"]  # its size is not known yet
             async for chunk in resp.content.iter_chunked(65536):
                 received += len(chunk)
         _, peak = tracemalloc.get_traced_memory()

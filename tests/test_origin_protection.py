@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from gateway.outcomes import Outcome
 from origin.app import create_app
 from origin.settings import OriginSettings
 from tests.clock import SettableClock, http_date, stamp_dates
@@ -99,7 +100,7 @@ async def test_unshareable_response_releases_every_waiter_at_once_and_is_remembe
     # Remembered as pass: nobody queues behind a leader any more, all five at once.
     assert origin.in_flight_max == 5
     assert all("collapsed" not in r.headers["Cache-Status"] for r, _ in second_wave)
-    assert gateway.cache.counters["pass"] == 25
+    assert gateway.recorder.totals[Outcome.PASS] == 25
 
 
 async def test_waiter_that_gives_up_fetches_for_itself_and_its_response_is_stored(

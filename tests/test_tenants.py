@@ -26,6 +26,7 @@ def tenant_yaml(origin: str, extra_cache: str = "", origin_extra: str = "", rout
       o: {{url: "{origin.rstrip("/")}", read_timeout: 10s{origin_extra}}}
     tenants:
       noisy: {{max_bytes: 24KiB}}
+      quiet: {{}}  # no quota: named, so it has counters of its own
     routes:
       - name: all
         match: {{path_prefix: /}}

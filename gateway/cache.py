@@ -25,7 +25,7 @@ from gateway.headers import forwarding_fields, pass_request_headers
 from gateway.key import vary_record_key
 from gateway.lookup import Locator, Lookup
 from gateway.outcomes import Outcome, Recorder
-from gateway.plan import Fetch, Hit, KeyState, OnlyIfCached, Pass, Revalidate, ServeStale, plan
+from gateway.plan import Fetch, Hit, OnlyIfCached, Pass, Revalidate, ServeStale, plan
 from gateway.replies import Replies
 from gateway.router import Route
 from gateway.settings import CacheSettings
@@ -57,9 +57,7 @@ class Cache:
         self.filler = Filler(settings, store, self.generations, recorder, clock)
         self.flights: SingleFlight[Fill] = SingleFlight()
         self.pass_until: OrderedDict[str, float] = OrderedDict()
-
-    def locate(self, req: Incoming, route: Route) -> Lookup:
-        return self.locator.locate(req, route)
+        self.locate: Callable[[Incoming, Route], Lookup] = self.locator.locate
 
     async def serve(self, req: Incoming, route: Route) -> Reply:
         """Answer a GET or HEAD on a cached route."""
@@ -79,11 +77,6 @@ class Cache:
         req = look.req
         entry = await self.store.get(look.key)
         now = self.clock()
-        state = KeyState(
-            alone=look.alone,
-            known_pass=self._is_pass(look.key),
-            fill_running=self.flights.in_flight(look.key),
-        )
         chosen = plan(
             req.headers,
             entry,
@@ -91,7 +84,9 @@ class Cache:
             self.generations,
             bust_grace=self.settings.bust_grace,
             client_no_cache=look.route.cfg.cache.client_no_cache,
-            key=state,
+            alone=look.alone,
+            known_pass=look.key in self.pass_until and self._is_pass(look.key),
+            fill_running=look.key in self.flights.running,
         )
         match chosen:
             case Hit(entry=hit, ttl=ttl):

@@ -68,24 +68,24 @@ class Flight(Generic[T]):
 
 class SingleFlight(Generic[T]):
     def __init__(self) -> None:
-        self._flights: dict[str, Flight[T]] = {}
+        self.running: dict[str, Flight[T]] = {}  # the joinable fills, by key
 
     def in_flight(self, key: str) -> bool:
-        return key in self._flights
+        return key in self.running
 
     def __len__(self) -> int:
-        return len(self._flights)
+        return len(self.running)
 
     def start(
         self, key: str, fill: Callable[[Flight[T]], Awaitable[T]]
     ) -> tuple[Flight[T], bool]:
         """The running fill for `key`, starting `fill(flight)` when there is none. True: this
         call leads (it started the fill)."""
-        flight = self._flights.get(key)
+        flight = self.running.get(key)
         if flight is not None:
             return flight, False
         flight = self.run_alone(key, fill)
-        self._flights[key] = flight
+        self.running[key] = flight
         return flight, True
 
     def run_alone(self, key: str, fill: Callable[[Flight[T]], Awaitable[T]]) -> Flight[T]:
@@ -102,6 +102,6 @@ class SingleFlight(Generic[T]):
         return flight
 
     def _forget(self, flight: Flight[T], task: asyncio.Task[T]) -> None:
-        if self._flights.get(flight.key) is flight:
-            del self._flights[flight.key]
+        if self.running.get(flight.key) is flight:
+            del self.running[flight.key]
         flight._finished(task)

@@ -17,8 +17,9 @@ from gateway.router import DEFAULT_TENANT
 OTHER = "other"
 
 
-class Outcome(enum.Enum):
-    """Everything counted; the value is the name `/admin/stats` shows."""
+class Outcome(enum.StrEnum):
+    """Everything counted; the value is the name `/admin/stats` shows. A str enum, so that
+    counting hashes in C (a plain Enum hashes in Python, on every hit)."""
 
     # How a request on a cached route was answered.
     HIT = "hit"
@@ -63,10 +64,12 @@ class Recorder:
 
     def count(self, outcome: Outcome, tenant: str, n: int = 1) -> None:
         self.totals[outcome] += n
-        label = tenant if tenant in self.named else OTHER
-        bucket = self.by_tenant.get(label)
+        bucket = self.by_tenant.get(tenant)  # a named tenant's, once it has counted anything
         if bucket is None:
-            bucket = self.by_tenant[label] = Counter()
+            label = tenant if tenant in self.named else OTHER
+            bucket = self.by_tenant.get(label)
+            if bucket is None:
+                bucket = self.by_tenant[label] = Counter()
         bucket[outcome] += n
 
     def totals_by_name(self) -> dict[str, int]:

@@ -65,15 +65,6 @@ class Pass:
 Plan = Hit | ServeStale | Revalidate | Fetch | OnlyIfCached | Pass
 
 
-@dataclass(frozen=True, slots=True)
-class KeyState:
-    """What the driver knows about the key beyond the stored entry."""
-
-    alone: bool = False  # the request carries credentials (RFC 9111 3.5)
-    known_pass: bool = False  # the key's last answer could not be shared
-    fill_running: bool = False  # a fill for the key is in flight (it may be joined)
-
-
 def soft_stale_since(entry: Entry, generations: Generations) -> float | None:
     """When a soft purge or a soft bust made this entry stale, if one did."""
     since = generations.stale_since(entry.tenant, entry.soft_generation)
@@ -90,9 +81,14 @@ def plan(
     *,
     bust_grace: float,
     client_no_cache: str = "honor",
-    key: KeyState = KeyState(),
+    alone: bool = False,
+    known_pass: bool = False,
+    fill_running: bool = False,
 ) -> Plan:
-    """The plan for a GET or HEAD on a cached route (`req_headers` as in `gateway.policy`)."""
+    """The plan for a GET or HEAD on a cached route (`req_headers` as in `gateway.policy`).
+    What the driver knows about the key beyond the stored entry: `alone`, the request carries
+    credentials (RFC 9111 3.5); `known_pass`, the key's last answer could not be shared;
+    `fill_running`, a fill for the key is in flight (it may be joined)."""
     fwd = "uri-miss"
     stale: Entry | None = None
     if entry is not None:
@@ -120,7 +116,7 @@ def plan(
     # A request that may not share a fill: credentials, a key known not to be shareable, or
     # no-store (its response must not be stored, and it must not make the key a pass for
     # everyone else; it still joins a fill already running).
-    if key.alone or key.known_pass or ("no-store" in directives and not key.fill_running):
+    if alone or known_pass or ("no-store" in directives and not fill_running):
         return Pass(stale, fwd)
     if stale is not None:
         return Revalidate(stale, fwd)

@@ -10,7 +10,6 @@ from gateway.generations import Generations
 from gateway.plan import (
     Fetch,
     Hit,
-    KeyState,
     OnlyIfCached,
     Pass,
     Plan,
@@ -22,7 +21,6 @@ from gateway.policy import Freshness
 from gateway.store import Entry
 
 NOW = 1_000_000.0
-NOTHING_KNOWN = KeyState()
 
 
 def stored(age: float, lifetime: float = 60.0, swr: float = 0.0, **kw: object) -> Entry:
@@ -45,8 +43,8 @@ def planned(
     entry: Entry | None,
     *request: tuple[str, str],
     generations: Generations | None = None,
-    key: KeyState = NOTHING_KNOWN,
     client_no_cache: str = "honor",
+    **key: bool,
 ) -> Plan:
     return plan(
         CIMultiDict(request),
@@ -55,7 +53,7 @@ def planned(
         generations or Generations(),
         bust_grace=300.0,
         client_no_cache=client_no_cache,
-        key=key,
+        **key,
     )
 
 
@@ -91,13 +89,13 @@ def test_only_if_cached_never_goes_to_the_origin_rfc9111_5_2_1_7() -> None:
 
 def test_credentials_fetch_alone_rfc9111_3_5() -> None:
     stale = stored(age=100)
-    assert planned(stale, key=KeyState(alone=True)) == Pass(stale, "stale")
+    assert planned(stale, alone=True) == Pass(stale, "stale")
 
 
 def test_a_no_store_request_fetches_alone_unless_a_fill_runs() -> None:
     no_store = ("Cache-Control", "no-store")
     assert planned(None, no_store) == Pass(None, "uri-miss")
-    assert planned(None, no_store, key=KeyState(fill_running=True)) == Fetch("uri-miss")
+    assert planned(None, no_store, fill_running=True) == Fetch("uri-miss")
 
 
 def test_a_soft_bust_makes_a_fresh_entry_stale_within_its_grace_then_a_miss() -> None:
@@ -133,6 +131,5 @@ def test_a_request_with_credentials_never_shares_a_fill(
     age: float, directive: str, fill_running: bool
 ) -> None:
     request = [("Cache-Control", directive)] if directive else []
-    key = KeyState(alone=True, fill_running=fill_running)
-    result = planned(stored(age=age), *request, key=key)
+    result = planned(stored(age=age), *request, alone=True, fill_running=fill_running)
     assert not isinstance(result, Fetch | Revalidate)

@@ -8,9 +8,14 @@ them) until the grace runs out, after which they count as misses.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 GLOBAL = "*"
+# Soft busts remembered per scope. An entry stamped before the oldest one kept counts as stale
+# since that one: later than it truly became stale, so only its grace is longer than it
+# should be, and only after this many soft busts of one tenant within one entry's lifetime.
+SOFT_BUSTS_KEPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +28,7 @@ class Generations:
     def __init__(self, cache_bust: str = "") -> None:
         self.cache_bust = cache_bust
         self.hard: dict[str, int] = {GLOBAL: 0}
-        self.soft: dict[str, SoftBust] = {}
+        self.soft: dict[str, list[SoftBust]] = {}  # per scope, oldest first
         self.epoch = 1  # the stamp a fill starting now gives its entry
 
     def key_part(self, tenant: str) -> str:
@@ -34,25 +39,30 @@ class Generations:
         """When an entry stamped `stamp` became soft-stale, or None if it is current."""
         since: float | None = None
         for scope in (GLOBAL, tenant):
-            bust = self.soft.get(scope)
-            if bust is not None and stamp < bust.epoch:
-                since = bust.at if since is None else min(since, bust.at)
+            busts = self.soft.get(scope)
+            if not busts or stamp >= busts[-1].epoch:
+                continue
+            # The first bust after the stamp made the entry stale; later ones change nothing.
+            first = busts[bisect.bisect_right(busts, stamp, key=lambda b: b.epoch)]
+            since = first.at if since is None else min(since, first.at)
         return since
 
     def bump(self, tenant: str, *, soft: bool, now: float) -> dict[str, object]:
         """Bust a tenant, or everyone with `*`."""
         if soft:
             self.epoch += 1
-            self.soft[tenant] = SoftBust(self.epoch, now)
+            busts = self.soft.setdefault(tenant, [])
+            busts.append(SoftBust(self.epoch, now))
+            del busts[:-SOFT_BUSTS_KEPT]
         else:
             self.hard[tenant] = self.hard.get(tenant, 0) + 1
         return self.describe(tenant) | {"busted": "soft" if soft else "hard"}
 
     def describe(self, tenant: str) -> dict[str, object]:
-        bust = self.soft.get(tenant)
+        busts = self.soft.get(tenant)
         return {
             "tenant": tenant,
             "hard": self.hard.get(tenant, 0),
-            "soft": bust.epoch if bust else 0,
+            "soft": busts[-1].epoch if busts else 0,
             "key": self.key_part(tenant),
         }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,13 +90,6 @@ def test_describe_reports_a_tenants_generations_and_key() -> None:
     assert gens.describe("b") == {"tenant": "b", "hard": 0, "soft": 0, "key": "t1.0.0"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/generations.py keeps one soft bust per scope: a second soft bust of the "
-    "same scope moves stale_since of entries the first one already made stale to its own, "
-    "later time, so bust_grace restarts for them instead of running from when they became "
-    "stale. Remove this mark once Generations keeps the earliest time.",
-)
 def test_a_second_soft_bust_does_not_move_when_older_entries_became_stale() -> None:
     gens = Generations()
     stamp = gens.epoch
@@ -193,8 +185,6 @@ def test_an_entry_is_stale_exactly_when_a_soft_bust_of_its_tenant_or_all_came_af
             assert earliest <= since <= now
 
 
-@pytest.mark.xfail(strict=True, reason="see test_a_second_soft_bust_does_not_move_when_older_"
-                   "entries_became_stale: one soft bust is kept per scope")
 @settings(max_examples=300, deadline=None)
 @given(before=busts, after=busts)
 def test_stale_since_is_the_earliest_soft_bust_of_its_tenant_or_all_after_its_stamp(
@@ -203,3 +193,14 @@ def test_stale_since_is_the_earliest_soft_bust_of_its_tenant_or_all_after_its_st
     gens, model, stamp, _ = run(before, after)
     for tenant in ("a", "b"):
         assert gens.stale_since(tenant, stamp) == earliest_after(model, tenant, stamp)
+
+
+def test_soft_busts_kept_per_scope_are_bounded_and_the_oldest_kept_stands_in() -> None:
+    from gateway.generations import SOFT_BUSTS_KEPT
+
+    gens = Generations()
+    stamp = gens.epoch
+    for i in range(SOFT_BUSTS_KEPT + 36):
+        gens.bump("a", soft=True, now=float(i))
+    assert len(gens.soft["a"]) == SOFT_BUSTS_KEPT
+    assert gens.stale_since("a", stamp) == 36.0  # the oldest bust still remembered

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 from collections import Counter
 
+from _harness import event_loop
 from aiohttp import web
 
 HOST = "127.0.0.1"  # loopback only
@@ -86,13 +87,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="time to send one object")
     parser.add_argument("--chunk-kib", type=int, default=64, help="write size in KiB")
     args = parser.parse_args()
-    loop: asyncio.AbstractEventLoop
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
+    loop = event_loop()
     app = make_app(int(args.mib * (1 << 20)), args.seconds, args.chunk_kib << 10)
     web.run_app(app, host=HOST, port=args.port, access_log=None, loop=loop, print=None)
 

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+from _harness import event_loop
 from aiohttp import web
 
 KEPT = ("Content-Type", "Cache-Control", "ETag", "Last-Modified")
@@ -72,13 +73,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--origin", required=True)
     args = parser.parse_args()
-    loop: asyncio.AbstractEventLoop
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
+    loop = event_loop()
     web.run_app(make_app(args.origin), host="127.0.0.1", port=args.port, access_log=None, loop=loop)
 
 

@@ -54,6 +54,16 @@ def arg_parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=_HelpFormatter)
 
 
+def event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (as the gateway runs), else asyncio's: for the
+    benches' own helper servers."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def free_port() -> int:
     """A port the kernel just handed out, so concurrent runs and stray servers don't collide."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -73,15 +73,7 @@ class Replies:
         """The reply from a fill's whole entry; `own` when this request caused the fill, which
         then sees the origin's own response rather than the shared copy."""
         entry = fill.entry
-        status = cache_status(
-            self.settings.name,
-            hit=False,
-            fwd=fwd,
-            fwd_status=fill.fwd_status,
-            stored=fill.stored,
-            ttl=entry.freshness.lifetime - entry.age(now),
-            collapsed=collapsed,
-        )
+        status = self._fill_status(fill, now, fwd, collapsed, stored=fill.stored)
         headers = fill.own_headers if own else None
         return self.from_entry(req, entry, now, fill.x_cache, status, headers)
 
@@ -92,15 +84,8 @@ class Replies:
         A Range is not honoured on a body still arriving (RFC 9110 14.2 allows ignoring it).
         None when the fill no longer holds the start of its body."""
         entry = fill.entry
-        status = cache_status(
-            self.settings.name,
-            hit=False,
-            fwd=fwd,
-            fwd_status=fill.fwd_status,
-            ttl=entry.freshness.lifetime - entry.age(now),
-            collapsed=collapsed,
-            detail=None if fill.broadcast.keep_all else "too-big",
-        )
+        detail = None if fill.broadcast.keep_all else "too-big"
+        status = self._fill_status(fill, now, fwd, collapsed, detail=detail)
         base = fill.own_headers if own else entry.visible
         extra = self._extra(entry, now, fill.x_cache, status)
         if "If-None-Match" in req.headers or "If-Modified-Since" in req.headers:
@@ -113,6 +98,29 @@ class Replies:
         if fill.length is not None:
             extra.append(("Content-Length", fill.length))
         return Reply(entry.status, [*base, *extra], reader)
+
+    def _fill_status(
+        self,
+        fill: Stored | Streaming,
+        now: float,
+        fwd: str,
+        collapsed: bool,
+        *,
+        stored: bool = False,
+        detail: str | None = None,
+    ) -> str:
+        """Cache-Status of an answer from a fill (RFC 9211: fwd, fwd-status, ttl, ...)."""
+        entry = fill.entry
+        return cache_status(
+            self.settings.name,
+            hit=False,
+            fwd=fwd,
+            fwd_status=fill.fwd_status,
+            ttl=entry.freshness.lifetime - entry.age(now),
+            stored=stored,
+            collapsed=collapsed,
+            detail=detail,
+        )
 
     def passed(self, fill: Passed, fwd: str, *, keep_tags: bool) -> Reply:
         """An origin response that may not be shared, to the one client that caused it."""

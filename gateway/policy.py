@@ -80,7 +80,7 @@ class Reuse(enum.Enum):
     VALIDATE = "validate"  # must be validated (or refetched) before it is served
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built on every hit: not frozen, which costs twice as much
 class Judgement:
     reuse: Reuse
     age: float  # current age, seconds

@@ -121,11 +121,7 @@ class Cache:
     ) -> Reply | None:
         """Join (or lead) the key's fill, or with `alone` run one of this request's own; what
         it fetches is stored whenever it may be."""
-        upstream = self.upstreams[look.route.cfg.origin]
-
-        def fill(flight: Flight[Fill]) -> Awaitable[Fill]:
-            return self.filler.fill(flight, look, upstream, stale)
-
+        fill = self._filling(look, stale)
         if alone:
             flight, leader = self.flights.run_alone(look.key, fill), True
         else:
@@ -195,14 +191,16 @@ class Cache:
         """One background revalidation per key, on the origin's background budget."""
         if self.flights.in_flight(look.key):
             return
-        upstream = self.upstreams[look.route.cfg.origin]
-
-        def fill(flight: Flight[Fill]) -> Awaitable[Fill]:
-            return self.filler.fill(flight, look, upstream, entry, background=True)
-
-        flight, _ = self.flights.start(look.key, fill)
+        flight, _ = self.flights.start(look.key, self._filling(look, entry, background=True))
         assert flight.task is not None
         flight.task.add_done_callback(_release_passed)
+
+    def _filling(
+        self, look: Lookup, stale: Entry | None, *, background: bool = False
+    ) -> Callable[[Flight[Fill]], Awaitable[Fill]]:
+        """The fill of `look` a flight runs (a revalidation of `stale` when given)."""
+        upstream = self.upstreams[look.route.cfg.origin]
+        return lambda flight: self.filler.fill(flight, look, upstream, stale, background=background)
 
     def pass_headers(self, req: Incoming, route: Route) -> CIMultiDict[str]:
         """What a pass-through request sends (see `pass_request_headers`)."""

@@ -59,11 +59,11 @@ class Recorder:
         """The tenants with series of their own (from the config; again on reload)."""
         self.named = frozenset(tenants) | {DEFAULT_TENANT}
 
-    def label(self, tenant: str) -> str:
-        return tenant if tenant in self.named else OTHER
-
-    def count(self, outcome: Outcome, tenant: str, n: int = 1) -> None:
+    def count(self, outcome: Outcome, tenant: str | None, n: int = 1) -> None:
+        """Count `outcome` in the totals and, unless `tenant` is None, for the tenant."""
         self.totals[outcome] += n
+        if tenant is None:
+            return
         bucket = self.by_tenant.get(tenant)  # a named tenant's, once it has counted anything
         if bucket is None:
             label = tenant if tenant in self.named else OTHER

@@ -57,10 +57,9 @@ async def forward(
         resp = await upstream.request(req.method, req.target.path_qs, headers, body)
     except OriginError as exc:
         return cache.replies.origin_error(exc, fwd)
-    look = cache.locate(req, route) if route.cached else None
-    if look is not None and invalidation.invalidates(req.method, resp.status):
-        await cache.invalidate(look, resp.headers)
-    cache.recorder.count(Outcome.BYPASS, look.tenant if look is not None else "")
+    if route.cached and invalidation.invalidates(req.method, resp.status):
+        await cache.invalidate(cache.locate(req, route), resp.headers)
+    cache.recorder.count(Outcome.BYPASS, None)  # a pass is not worth locating its tenant
     status = cache_status(cache.settings.name, hit=False, fwd=fwd, fwd_status=resp.status)
     return cache.replies.forwarded(resp, status, "BYPASS", keep_tags=route.cfg.cache.keep_tags)
 

@@ -167,7 +167,7 @@ async def bust(request: web.Request) -> web.Response:
     who = _token(request)
     body = await read_body(request, BustBody)
     authorize(who, body.tenant)
-    result = _gateway(request).bust(body.tenant, soft=body.soft)
+    result = await _gateway(request).bust(body.tenant, soft=body.soft)
     audit(who, "bust", tenant=body.tenant, soft=body.soft, generation=result)
     return json_response(200, result)
 

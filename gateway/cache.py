@@ -20,6 +20,7 @@ from gateway.canonical import BadRequest, absolute_target, keyed_url
 from gateway.coalesce import FillAbandoned, Flight, SingleFlight
 from gateway.exchange import Incoming, Reply
 from gateway.fill import Fill, Filler, OriginStatusError, Passed, Stored, Streaming
+from gateway.fleet.link import RedisUnavailable
 from gateway.generations import Generations
 from gateway.headers import forwarding_fields, pass_request_headers
 from gateway.key import vary_record_key
@@ -44,14 +45,14 @@ class Cache:
         upstreams: dict[str, Upstream],
         recorder: Recorder,
         clock: Callable[[], float],
-        cache_bust: str = "",
+        generations: Generations,
     ) -> None:
         self.settings = settings
         self.store = store
         self.upstreams = upstreams
         self.recorder = recorder
         self.clock = clock
-        self.generations = Generations(cache_bust)
+        self.generations = generations
         self.locator = Locator(self.generations)
         self.replies = Replies(settings)
         self.filler = Filler(settings, store, self.generations, recorder, clock)
@@ -242,8 +243,11 @@ class Cache:
                 continue  # no request could name it, so nothing is stored under it
             urls.append(keyed_url(target, look.route.cfg.cache.ignore_query)[0])
         purged = 0
-        for url in urls:
-            purged += await self.store.purge_url(look.tenant, url)
+        try:
+            for url in urls:
+                purged += await self.store.purge_url(look.tenant, url)
+        except RedisUnavailable:  # the shared tier missed it: its entries expire as they may
+            self.recorder.count(Outcome.INVALIDATION_FAILED, look.tenant)
         self.recorder.count(Outcome.INVALIDATED, look.tenant, purged)
         return purged
 

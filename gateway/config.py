@@ -50,6 +50,7 @@ __all__ = [
     "MatchConfig",
     "MemoryConfig",
     "OriginConfig",
+    "RedisConfig",
     "RouteCacheConfig",
     "RouteConfig",
     "Size",
@@ -252,6 +253,30 @@ class CacheConfig(_Model):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+class RedisConfig(_Model):
+    """The shared tier and the fleet's control plane; omitted, the gateway is in-memory only.
+
+    Every data command has `timeout` (a slow Redis is a miss, never a slow answer); the
+    purge stream's blocking reader waits `block` and has its own longer socket timeout."""
+
+    url: NonEmpty
+    cluster: bool = False
+    timeout: PositiveDuration = 0.1
+    max_connections: int = Field(default=64, ge=1)
+    prefix: str = Field(default="gw", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    lease: PositiveDuration = 5.0  # a fleet fill lease; its holder renews it while it fills
+    keep_stale: Duration = 60.0  # kept in Redis past the stale windows, for revalidation
+    stream_max: int = Field(default=100_000, ge=100)  # purge events kept for late readers
+    block: PositiveDuration = 2.0  # the purge stream reader's XREAD BLOCK
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
+        return url
+
+
 class BreakerConfig(_Model):
     """Open the circuit when, within `window`, at least `failures` requests failed and they
     were at least `ratio` of all; let one probe through after `reset`."""
@@ -423,6 +448,8 @@ class GatewayConfig(_Model):
     max_connections: int = Field(default=4096, ge=1)  # client connections open at once
     admin: AdminConfig = Field(default_factory=AdminConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    redis: RedisConfig | None = None
+    workers: int = Field(default=1, ge=1, le=256)  # processes sharing the listen ports
     origins: dict[str, OriginConfig] = Field(default_factory=dict)
     tenants: dict[TenantName, TenantConfig] = Field(default_factory=dict)
     routes: list[RouteConfig] = Field(default_factory=list)
@@ -451,6 +478,13 @@ def _cross_check(data: object) -> list[tuple[Loc, str]]:
     if not isinstance(data, Mapping):
         return []
     problems: list[tuple[Loc, str]] = []
+    workers = data.get("workers", 1)
+    if isinstance(workers, int) and workers > 1 and data.get("redis") is None:
+        problems.append((
+            ("workers",),
+            "workers above 1 needs `redis:`: without a shared tier every worker would fetch"
+            " each cold key again and a purge would reach only the worker that took it",
+        ))
     origins = data.get("origins", {})
     known = sorted(str(k) for k in origins) if isinstance(origins, Mapping) else None
     routes = data.get("routes", [])

@@ -48,15 +48,28 @@ class Generations:
         return since
 
     def bump(self, tenant: str, *, soft: bool, now: float) -> dict[str, object]:
-        """Bust a tenant, or everyone with `*`."""
+        """Bust a tenant, or everyone with `*` (one process; a fleet bumps in Redis and
+        applies the values it got with `raise_hard` and `add_soft`)."""
         if soft:
-            self.epoch += 1
-            busts = self.soft.setdefault(tenant, [])
-            busts.append(SoftBust(self.epoch, now))
-            del busts[:-SOFT_BUSTS_KEPT]
+            self.add_soft(tenant, self.epoch + 1, now)
         else:
-            self.hard[tenant] = self.hard.get(tenant, 0) + 1
+            self.raise_hard(tenant, self.hard.get(tenant, 0) + 1)
         return self.describe(tenant) | {"busted": "soft" if soft else "hard"}
+
+    def raise_hard(self, tenant: str, generation: int) -> None:
+        """The tenant's hard generation is at least `generation` (never lowered: a lower
+        value would bring busted keys back)."""
+        if generation > self.hard.get(tenant, 0):
+            self.hard[tenant] = generation
+
+    def add_soft(self, tenant: str, epoch: int, at: float) -> None:
+        """A soft bust of epoch `epoch` at `at` (idempotent; busts may arrive out of order)."""
+        busts = self.soft.setdefault(tenant, [])
+        if any(b.epoch == epoch for b in busts):
+            return
+        bisect.insort(busts, SoftBust(epoch, at), key=lambda b: b.epoch)
+        del busts[:-SOFT_BUSTS_KEPT]
+        self.epoch = max(self.epoch, epoch)
 
     def describe(self, tenant: str) -> dict[str, object]:
         busts = self.soft.get(tenant)

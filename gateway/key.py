@@ -196,6 +196,15 @@ def vary_record_key(tenant: str, url: str) -> str:
     return f"{escape_part(tenant)}|GET|{url}"
 
 
+def vary_record_key_of(key: str) -> str:
+    """The `vary_record_key` of an entry key (`primary_key`, maybe with `#` and a secondary
+    key): its tenant and URL. A normalised URL holds no `#` (the fragment is cut off and an
+    encoded one stays `%23`), so the first `#` after the URL starts the secondary key."""
+    tenant, _, rest = key.partition("|")
+    url = rest.split("|", 2)[-1].partition("#")[0]
+    return f"{tenant}|GET|{url}"
+
+
 def _header_values(req_headers: Headers, name: str) -> list[str] | None:
     """All values of a header (None when absent) from a multidict or a plain mapping."""
     getall = getattr(req_headers, "getall", None)

@@ -41,6 +41,8 @@ class Outcome(enum.StrEnum):
     BACKGROUND_REFRESH = "background_refreshes"
     # Invalidation.
     INVALIDATED = "invalidated"
+    INVALIDATION_FAILED = "invalidations_not_shared"  # Redis missed an unsafe method's purge
+    FLEET_COLLAPSED = "fleet_collapsed"  # answered by an entry another instance filled
     PURGED = "purged"
     SOFT_PURGED = "soft_purged"
     HARD_BUST = "hard_busts"

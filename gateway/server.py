@@ -13,12 +13,19 @@ from aiohttp import web
 from gateway.cache import Cache
 from gateway.canonical import BadRequest, absolute_target, keyed_url, parse_target
 from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
+from gateway.fleet.control import purge_event
+from gateway.fleet.link import RedisUnavailable
+from gateway.fleet.member import Member
+from gateway.generations import Generations
 from gateway.listener import ClientLimits, PublicServer
 from gateway.outcomes import Outcome, Recorder
+from gateway.plan import soft_stale_since
 from gateway.proxy import forward, incoming, write
 from gateway.router import Router
 from gateway.settings import CacheSettings
+from gateway.store import Entry, Store, purge
 from gateway.store.memory import MemoryStore
+from gateway.store.tiered import TieredStore
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -60,7 +67,7 @@ class Gateway:
         self.clock = clock  # the one wall clock: cache decisions, origin times, purges, busts
         self.router = Router(config)
         self.recorder = Recorder(named_tenants(config))
-        self.store = MemoryStore(
+        self.store = MemoryStore(  # this process's tier (L1 when there is a fleet)
             config.cache.memory.max_bytes,
             config.cache.memory.max_object_bytes,
             tenant_quota=config.tenant_quota,
@@ -70,22 +77,45 @@ class Gateway:
             name: Upstream(name, cfg, self.now) for name, cfg in config.origins.items()
         }
         self._retiring: dict[asyncio.Task[None], Upstream] = {}
+        settings = CacheSettings.of(config.cache)
+        generations = Generations(config.cache.cache_bust)
+        store: Store = self.store
+        self.member: Member | None = None
+        if config.redis is not None:
+            self.member = Member(
+                config.redis,
+                memory=self.store,
+                generations=generations,
+                settings=settings,
+                clock=self.now,
+            )
+            store = TieredStore(self.store, self.member.l2, self._current)
         self.cache = Cache(
-            settings=CacheSettings.of(config.cache),
-            store=self.store,
+            settings=settings,
+            store=store,
             upstreams=self.upstreams,
             recorder=self.recorder,
             clock=self.now,
-            cache_bust=config.cache.cache_bust,
+            generations=generations,
         )
 
     def now(self) -> float:
         """`clock()`, looked up each time so that tests can move time for every part at once."""
         return self.clock()
 
+    def _current(self, entry: Entry) -> bool:
+        """May an L1 entry be answered without asking L2 for a newer one? When it is fresh
+        and no soft purge or bust has made it stale."""
+        return (
+            entry.age(self.clock()) < entry.freshness.lifetime
+            and soft_stale_since(entry, self.cache.generations) is None
+        )
+
     async def start(self) -> None:
         for upstream in self.upstreams.values():
             upstream.open()
+        if self.member is not None:
+            await self.member.start()
 
     async def stop(self) -> None:
         for task, upstream in list(self._retiring.items()):
@@ -93,6 +123,8 @@ class Gateway:
             await upstream.close()
         for upstream in self.upstreams.values():
             await upstream.close()
+        if self.member is not None:
+            await self.member.stop()
 
     def reload(self) -> None:
         """Re-read the routing file; on ConfigError the running config stays as it was.
@@ -122,6 +154,8 @@ class Gateway:
         self.cache.settings.update(c)
         self.cache.generations.cache_bust = c.cache_bust
         self.recorder.name_tenants(named_tenants(config))
+        if (config.redis, config.workers) != (old.redis, old.workers):
+            log.warning("redis and workers changes take effect at the next restart")
         for upstream in retired:  # requests in flight on them finish first
             task = asyncio.get_running_loop().create_task(_close_later(upstream))
             self._retiring[task] = upstream
@@ -137,22 +171,38 @@ class Gateway:
         tags: list[str] | None = None,
         soft: bool = False,
     ) -> int:
-        """Purge one tenant's entries by URL, prefix, tag, or all; soft marks them stale."""
+        """Purge one tenant's entries by URL, prefix, tag, or all; soft marks them stale.
+        In a fleet the purge is recorded on the stream first (503 if it cannot be, so an
+        accepted purge is never lost), then done here and in Redis, then answered."""
         soft_at = self.clock() if soft else None
+        store = self.cache.store
+        items: list[str] | str | None
         if urls is not None:
-            count = 0
-            sites = await self.store.sites(tenant)
-            for url in urls:
-                for full in self._normalised(url, sites):
-                    count += await self.store.purge_url(tenant, full, soft_at)
+            kind, sites = "urls", await self._sites(tenant)
+            items = [full for url in urls for full in self._normalised(url, sites)]
         elif prefix is not None:
-            count = await self.store.purge_prefix(tenant, prefix, soft_at)
+            kind, items = "prefix", prefix
         elif tags is not None:
-            count = await self.store.purge_tags(tenant, tags, soft_at)
+            kind, items = "tags", tags
         else:
-            count = await self.store.purge_tenant(tenant, soft_at)
+            kind, items = "namespace", None
+        if self.member is not None:
+            try:
+                await self.member.control.record(purge_event(tenant, kind, items, soft_at))
+            except RedisUnavailable as exc:
+                raise _fleet_unavailable("purge not recorded, nothing purged", exc) from None
+        try:
+            count = await purge(store, tenant, kind, items, soft_at)
+        except RedisUnavailable as exc:
+            raise _fleet_unavailable("purge recorded but not finished in Redis", exc) from None
         self.recorder.count(Outcome.SOFT_PURGED if soft else Outcome.PURGED, tenant, count)
         return count
+
+    async def _sites(self, tenant: str) -> list[str]:
+        try:
+            return await self.cache.store.sites(tenant)
+        except RedisUnavailable as exc:
+            raise _fleet_unavailable("tenant's sites unreadable, nothing purged", exc) from None
 
     def _normalised(self, url: str, sites: list[str]) -> list[str]:
         """A purge URL as stored: absolute as given, or a path on each of the tenant's sites;
@@ -169,9 +219,16 @@ class Gateway:
             out.append(keyed_url(target, ignore)[0])
         return out
 
-    def bust(self, tenant: str, *, soft: bool) -> dict[str, object]:
-        """Bump the tenant's (or with `*` the global) generation: hard = new keys, O(1)."""
-        result = self.cache.generations.bump(tenant, soft=soft, now=self.clock())
+    async def bust(self, tenant: str, *, soft: bool) -> dict[str, object]:
+        """Bump the tenant's (or with `*` the global) generation: hard = new keys, O(1). In
+        a fleet the bump happens in Redis and is recorded on the stream in one step."""
+        if self.member is None:
+            result = self.cache.generations.bump(tenant, soft=soft, now=self.clock())
+        else:
+            try:
+                result = await self.member.control.bust(tenant, soft=soft, now=self.clock())
+            except RedisUnavailable as exc:
+                raise _fleet_unavailable("bust not recorded, nothing changed", exc) from None
         self.recorder.count(Outcome.SOFT_BUST if soft else Outcome.HARD_BUST, tenant)
         return result
 
@@ -213,6 +270,7 @@ class Gateway:
             "origins": {name: u.stats() for name, u in self.upstreams.items()},
             "in_flight_fills": len(self.cache.flights),
             "generations": self.cache.generations.describe("*"),
+            **({"fleet": self.member.stats()} if self.member is not None else {}),
         }
 
 
@@ -222,6 +280,11 @@ def named_tenants(config: GatewayConfig) -> set[str]:
     for token in config.admin.tokens:
         named.update(t for t in token.tenants if t != "*")
     return named
+
+
+def _fleet_unavailable(what: str, exc: Exception) -> JsonError:
+    """A 503 for an admin action Redis did not take: the caller retries, nothing is lost."""
+    return JsonError(503, f"{what}: redis unavailable ({exc})", {"Retry-After": "1"})
 
 
 async def _close_later(upstream: Upstream) -> None:

@@ -288,7 +288,7 @@ async def test_what_a_url_varies_on_survives_a_bust_so_its_first_fill_sends_the_
     target = f"/lang-bust?{REFLECT}&h=Vary:Accept-Language"
     await fetch(gw, target, {"Accept-Language": "de"})
     before = await origin_count(echo_origin)
-    gateway.bust("*", soft=False)  # every key is new now
+    await gateway.bust("*", soft=False)  # every key is new now
     _, headers, fr = await fetch(gw, target, {"Accept-Language": "fr"})
     assert headers["X-Cache"] == "MISS" and seen_by_origin(fr)["accept-language"] == "fr"
     assert await origin_count(echo_origin) == before + 1  # one fill, not one without it first

@@ -81,11 +81,11 @@ async def test_hard_bust_of_a_tenant_misses_only_that_tenant(
     a, b = spec("/x", CACHED, projectId="a"), spec("/x", CACHED, projectId="b")
     await get(http, gw, a)
     await get(http, gw, b)
-    result = gateway.bust("a", soft=False)
+    result = await gateway.bust("a", soft=False)
     assert result["hard"] == 1
     assert (await get(http, gw, a))[0].headers["X-Cache"] == "MISS"
     assert (await get(http, gw, b))[0].headers["X-Cache"] == "HIT"
-    gateway.bust("*", soft=False)
+    await gateway.bust("*", soft=False)
     assert (await get(http, gw, b))[0].headers["X-Cache"] == "MISS"
 
 
@@ -134,7 +134,7 @@ async def test_soft_bust_past_its_grace_counts_as_a_miss(
     other = spec("/g", CACHED, projectId="b")
     await get(http, gw, path)
     await get(http, gw, other)
-    gateway.bust("a", soft=True)
+    await gateway.bust("a", soft=True)
     clock.advance(31)  # past the grace; by its max-age=60 the entry would still be fresh
     resp, _ = await get(http, gw, path)
     assert resp.headers["X-Cache"] == "MISS"
@@ -172,7 +172,7 @@ async def test_soft_bust_of_many_hot_keys_stays_within_the_background_budget(
         pass
     async with http.post(loader.make_url("/__stats/reset")):
         pass
-    gateway.bust("*", soft=True)
+    await gateway.bust("*", soft=True)
     labels: list[str] = []
     for _ in range(3):  # three rounds of every hot key at once
         answers = await asyncio.gather(*(get(http, gw, p) for p in paths))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,6 +56,27 @@ class Entry:
         return self.initial_age + max(0.0, now - self.response_time)
 
 
+def url_prefixes(url_prefix: str, sites: Iterable[str]) -> list[str]:
+    """The whole-URL prefixes a purge prefix stands for: an absolute one as given (scheme and
+    authority lower-cased, `/` added when it has no path so `http://a` does not match
+    `http://ab/`), a path prefix on each of the tenant's sites."""
+    scheme_end = url_prefix.find("://")
+    if scheme_end != -1:
+        slash = url_prefix.find("/", scheme_end + 3)
+        if slash == -1:
+            return [url_prefix.lower() + "/"]
+        return [url_prefix[:slash].lower() + url_prefix[slash:]]
+    path = url_prefix if url_prefix.startswith("/") else "/" + url_prefix
+    return [site + path for site in sites]
+
+
+def site_of(url: str) -> str:
+    """`scheme://host[:port]` of a normalised URL."""
+    scheme_end = url.find("://")
+    slash = url.find("/", scheme_end + 3 if scheme_end != -1 else 0)
+    return url if slash == -1 else url[:slash]
+
+
 class Store(Protocol):
     """Async so that the Redis tier can implement the same calls."""
 
@@ -90,3 +112,18 @@ class Store(Protocol):
     async def sites(self, tenant: str) -> list[str]:
         """The `scheme://host[:port]` the tenant's entries are on (for purges by path)."""
         ...
+
+
+async def purge(
+    store: Store, tenant: str, kind: str, items: list[str] | str | None, soft_at: float | None
+) -> int:
+    """One purge by its kind: `urls` (normalised URLs), `prefix`, `tags` or `namespace`."""
+    if kind == "urls" and isinstance(items, list):
+        return sum([await store.purge_url(tenant, url, soft_at) for url in items])
+    if kind == "prefix" and isinstance(items, str):
+        return await store.purge_prefix(tenant, items, soft_at)
+    if kind == "tags" and isinstance(items, list):
+        return await store.purge_tags(tenant, items, soft_at)
+    if kind == "namespace":
+        return await store.purge_tenant(tenant, soft_at)
+    raise ValueError(f"unknown purge {kind!r} of {items!r}")

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from sortedcontainers import SortedList
 
 from gateway.key import escape_part
-from gateway.store import Entry
+from gateway.store import Entry, site_of, url_prefixes
 from gateway.store.admission import TinyLfu
 
 # Charged per Vary record on top of its key and names (dict slot, tuple, strings' headers).
@@ -58,20 +58,6 @@ def _no_quota(tenant: str) -> int | None:
     return None
 
 
-def _url_prefixes(url_prefix: str, sites: Iterable[str]) -> list[str]:
-    """The whole-URL prefixes a purge prefix stands for: an absolute one as given (scheme and
-    authority lower-cased, `/` added when it has no path so `http://a` does not match
-    `http://ab/`), a path prefix on each of the tenant's sites."""
-    scheme_end = url_prefix.find("://")
-    if scheme_end != -1:
-        slash = url_prefix.find("/", scheme_end + 3)
-        if slash == -1:
-            return [url_prefix.lower() + "/"]
-        return [url_prefix[:slash].lower() + url_prefix[slash:]]
-    path = url_prefix if url_prefix.startswith("/") else "/" + url_prefix
-    return [site + path for site in sites]
-
-
 def _starting_with(urls: SortedList, prefix: str) -> Iterator[str]:
     """The URLs of a sorted list that start with `prefix`, in O(log n + matches)."""
     for url in urls.irange(minimum=prefix):
@@ -83,13 +69,6 @@ def _starting_with(urls: SortedList, prefix: str) -> Iterator[str]:
 def _unescape(part: str) -> str:
     """The inverse of `gateway.key.escape_part`."""
     return part.replace("%7C", "|").replace("%25", "%") if "%" in part else part
-
-
-def _site(url: str) -> str:
-    """`scheme://host[:port]` of a normalised URL."""
-    scheme_end = url.find("://")
-    slash = url.find("/", scheme_end + 3 if scheme_end != -1 else 0)
-    return url if slash == -1 else url[:slash]
 
 
 def _index_names(entry: Entry) -> list[str]:
@@ -216,7 +195,7 @@ class MemoryStore:
         if state is None:
             return 0
         keys: list[str] = []
-        for prefix in _url_prefixes(url_prefix, state.sites):
+        for prefix in url_prefixes(url_prefix, state.sites):
             for url in _starting_with(state.urls, prefix):
                 keys.extend(self._index[(tenant, "u:" + url)])
         return await self._drop(keys, soft_at)
@@ -248,6 +227,17 @@ class MemoryStore:
                 elif slot.entry.soft_purged_at is None or slot.entry.soft_purged_at > soft_at:
                     slot.entry.soft_purged_at = soft_at
         return len(keys)
+
+    async def clear(self) -> int:
+        """Every entry and Vary record gone (the fleet lost purge events: nothing held can be
+        trusted to be current)."""
+        count = 0
+        for tenant in list(self._tenants):
+            count += await self.purge_tenant(tenant)
+        self._vary.clear()
+        self._vary_by_tenant.clear()
+        self._vary_bytes = 0
+        return count
 
     # -- vary registry -------------------------------------------------------------------
 
@@ -313,7 +303,7 @@ class MemoryStore:
             tenant_keys |= keys
             if not keys:
                 problems.append(f"tenant {name!r} kept without entries")
-            held = Counter(_site(self._lru[k].entry.url) for k in keys if k in self._lru)
+            held = Counter(site_of(self._lru[k].entry.url) for k in keys if k in self._lru)
             if held != t.sites:
                 problems.append(f"tenant {name!r} sites != its entries' sites")
             if any(self._lru[k].entry.tenant != name for k in keys if k in self._lru):
@@ -362,7 +352,7 @@ class MemoryStore:
         self._lru[entry.key] = _Slot(entry, size, space)
         tenant.keys[entry.key] = None
         tenant.bytes += size
-        tenant.sites[_site(entry.url)] += 1
+        tenant.sites[site_of(entry.url)] += 1
         self._bytes += size
         for name in _index_names(entry):
             keys = self._index.setdefault((entry.tenant, name), set())
@@ -381,7 +371,7 @@ class MemoryStore:
             slot.space.remove(key)
         del tenant.keys[key]
         tenant.bytes -= slot.size
-        site = _site(entry.url)
+        site = site_of(entry.url)
         tenant.sites[site] -= 1
         if not tenant.sites[site]:
             del tenant.sites[site]

@@ -1,0 +1,99 @@
+"""This instance as a member of the fleet: the Redis link, the L2 tier, the control plane and
+the fill leases, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+
+from gateway.config import RedisConfig
+from gateway.fleet.control import Control, Event
+from gateway.fleet.keys import Keys
+from gateway.fleet.link import RedisLink, RedisUnavailable
+from gateway.generations import Generations
+from gateway.settings import CacheSettings
+from gateway.store import purge
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
+
+log = logging.getLogger("gateway.fleet")
+
+
+def instance_id() -> str:
+    """Unique per process, readable in logs: host, pid and a random part (pids recycle)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Member:
+    def __init__(
+        self,
+        cfg: RedisConfig,
+        *,
+        memory: MemoryStore,
+        generations: Generations,
+        settings: CacheSettings,
+        clock: Callable[[], float],
+    ) -> None:
+        self.cfg = cfg
+        self.instance = instance_id()
+        self.memory = memory
+        self.link = RedisLink(cfg)
+        self.keys = Keys(cfg.prefix)
+        self.l2 = RedisStore(self.link, self.keys, settings, clock, keep_stale=cfg.keep_stale)
+        self.control = Control(
+            self.link,
+            self.keys,
+            generations,
+            instance=self.instance,
+            apply=self._apply,
+            flush=self._flush,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Load the generations (or, with Redis away, start on what this process knows and
+        load them when it comes back), then follow the purge stream."""
+        try:
+            await self.control.load()
+        except RedisUnavailable as exc:
+            log.warning("redis unreachable at start (%s): L1 only until it answers", exc)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.control.follow(), name="purge-stream"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.link.close()
+
+    async def _apply(self, event: Event) -> None:
+        """A purge another instance took, on this L1 (L2 was purged by the one that took it)."""
+        soft_at = float(event["soft_at"]) if event.get("soft_at") else None
+        try:
+            items = json.loads(event.get("items", "null"))
+            await purge(self.memory, event["tenant"], event["kind"], items, soft_at)
+        except (KeyError, ValueError) as exc:
+            log.error("purge event not understood, ignored: %s (%s)", event, exc)
+
+    async def _flush(self, reason: str) -> None:
+        log.warning("flushing this instance's memory tier: %s", reason)
+        await self.memory.clear()
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "instance": self.instance,
+            "redis": self.link.stats(),
+            "purge_stream": {
+                "ready": self.control.ready,
+                "last_id": self.control.last_id,
+                "events": self.control.events,
+                "flushes": self.control.flushes,
+                "lag_seconds": round(self.control.lag, 4),
+            },
+        }

@@ -1,0 +1,250 @@
+"""The shared tier: entries in Redis as msgpack, one hash per URL, with per-tenant indexes.
+
+Layout (names in `gateway.fleet.keys`): a URL's variants are fields of one hash, beside its
+Vary record, and a second hash holds when each variant may be dropped; both expire with the
+URL's last variant. Redis evicting a URL's hash under memory pressure therefore drops the URL
+whole, never a variant a purge would then miss. Purging a URL is deleting its two keys.
+
+Each tenant has indexes, kept without a TTL (so a `volatile-*` eviction policy never drops
+them and a purge by prefix, tag or tenant always finds its URLs), trimmed of expired URLs on
+every write: its URLs in order (prefix ranges), their expiry, the URLs of each tag, its sites.
+
+How long an entry stays: what the policy could still serve it for (freshness left, then the
+largest of its stale windows and the bust grace), plus `keep_stale` for revalidation with its
+validators. Redis's `maxmemory` with a `volatile-*` policy bounds the tier as a whole; the
+per-tenant quotas govern each process's L1 (see docs/caching.md).
+
+Every call goes through `RedisLink`: a failure raises `RedisUnavailable`, which the tiered store
+turns into a miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from gateway.fleet import codec
+from gateway.fleet.keys import VARY_FIELD, Keys, entry_field, expiry_field
+from gateway.fleet.link import Client, RedisLink
+from gateway.key import vary_record_key, vary_record_key_of
+from gateway.settings import CacheSettings
+from gateway.store import Entry, site_of, url_prefixes
+
+PURGE_BATCH = 500  # URLs read from an index and deleted per round trip
+TRIM_PER_WRITE = 64  # expired URLs a write removes from its tenant's indexes
+VARY_TTL_MS = 86_400_000  # a Vary record alone (no entry yet) lives a day
+
+# A variant written (KEYS: entries hash, expiry hash, lease; ARGV: entry field, value, expiry
+# field, expires at ms, now ms, lease token or ""). With a token, written only while the lease
+# holds it (memcache's lease commit), and the lease is then released. Variants whose time is
+# up are dropped, and both hashes expire with the last one left (or the Vary record's day).
+_WRITE = """
+if ARGV[6] ~= '' then
+  if redis.call('GET', KEYS[3]) ~= ARGV[6] then return 0 end
+  redis.call('DEL', KEYS[3])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+local now = tonumber(ARGV[5])
+local last = tonumber(ARGV[4])
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 and now + left > last then last = now + left end
+local times = redis.call('HGETALL', KEYS[2])
+for i = 1, #times, 2 do
+  if tonumber(times[i + 1]) <= now then
+    redis.call('HDEL', KEYS[2], times[i])
+    redis.call('HDEL', KEYS[1], 'e:' .. string.sub(times[i], 3))
+  end
+end
+redis.call('PEXPIREAT', KEYS[1], last)
+redis.call('PEXPIREAT', KEYS[2], last)
+return 1
+"""
+
+# A URL indexed for its tenant (KEYS: urls, expiries, sites, then one key per tag; ARGV: url,
+# expires at ms, now ms, site, how many), and that many expired URLs unindexed.
+_INDEX = """
+redis.call('ZADD', KEYS[1], 0, ARGV[1])
+redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[4])
+for i = 4, #KEYS do
+  redis.call('ZADD', KEYS[i], 'GT', ARGV[2], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[3])
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, ARGV[5])
+for _, url in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], url)
+  redis.call('ZREM', KEYS[2], url)
+end
+return #gone
+"""
+
+# A Vary record (KEYS: entries hash; ARGV: packed names): a hash that holds only it expires.
+_SET_VARY = """
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+"""
+
+
+
+def keep_for(entry: Entry, now: float, bust_grace: float, keep_stale: float) -> float:
+    """Seconds the shared tier keeps an entry: freshness left, then the longest it may still
+    be served stale (its stale windows, or a soft bust's grace), then `keep_stale`."""
+    f = entry.freshness
+    left = f.lifetime - entry.age(now)
+    return max(0.0, left) + max(f.swr, f.sie, bust_grace) + keep_stale
+
+
+class RedisStore:
+    """`Store` on Redis. Soft purges delete here too: only an instance's L1 keeps a
+    soft-purged copy to serve while it revalidates; the others miss and refill once, under
+    the fleet's lease."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        keys: Keys,
+        settings: CacheSettings,
+        clock: Callable[[], float],
+        *,
+        keep_stale: float,
+    ) -> None:
+        self.link = link
+        self.keys = keys
+        self.settings = settings
+        self.clock = clock
+        self.keep_stale = keep_stale
+        self._write = link.data.register_script(_WRITE)
+        self._index = link.data.register_script(_INDEX)
+        self._set_vary = link.data.register_script(_SET_VARY)
+
+    # -- entries -------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Entry | None:
+        name = self.keys.entries(vary_record_key_of(key))
+        raw = await self.link.run(lambda r: r.hget(name, entry_field(key)))
+        entry = None if raw is None else codec.decode(raw)
+        return entry if entry is not None and entry.key == key else None
+
+    async def put(self, entry: Entry, lease: tuple[str, str] | None = None) -> bool:
+        """Store (and index) the entry; with `lease` (its key, the holder's token) only while
+        that lease is still held. False when it is too big, too old to keep, or the lease
+        was lost."""
+        if entry.size() > self.settings.max_object_bytes:
+            return False
+        now = self.clock()
+        keep = keep_for(entry, now, self.settings.bust_grace, self.keep_stale)
+        if keep <= 0:
+            return False
+        expires = int((now + keep) * 1000)
+        url_key = vary_record_key(entry.tenant, entry.url)
+        lease_key, token = lease or (self.keys.lease(url_key, entry.key), "")
+        keys = [self.keys.entries(url_key), self.keys.entries(url_key) + "x", lease_key]
+        args = [entry_field(entry.key), codec.encode(entry), expiry_field(entry.key), expires,
+                int(now * 1000), token]
+        if not await self.link.run(lambda r: self._write(keys=keys, args=args, client=r)):
+            return False
+        tenant = entry.tenant
+        index_keys = [self.keys.urls(tenant), self.keys.expiries(tenant), self.keys.sites(tenant)]
+        index_keys += [self.keys.tag(tenant, tag) for tag in entry.tags]
+        index_args = [entry.url, expires, int(now * 1000), site_of(entry.url), TRIM_PER_WRITE]
+        await self.link.run(lambda r: self._index(keys=index_keys, args=index_args, client=r))
+        return True
+
+    async def delete(self, key: str) -> bool:
+        name = self.keys.entries(vary_record_key_of(key))
+        removed = await self.link.run(lambda r: r.hdel(name, entry_field(key)))
+        await self.link.run(lambda r: r.hdel(name + "x", expiry_field(key)))
+        return bool(removed)
+
+    # -- vary registry -------------------------------------------------------------------
+
+    async def get_vary(self, primary_key: str) -> tuple[str, ...] | None:
+        name = self.keys.entries(primary_key)
+        raw = await self.link.run(lambda r: r.hget(name, VARY_FIELD))
+        if raw is None:
+            return None
+        try:
+            names = msgpack.unpackb(raw)
+        except (ValueError, msgpack.UnpackException):
+            return None
+        return tuple(names) if isinstance(names, list) else None
+
+    async def set_vary(self, primary_key: str, names: tuple[str, ...]) -> None:
+        keys, packed = [self.keys.entries(primary_key)], msgpack.packb(list(names))
+        await self.link.run(
+            lambda r: self._set_vary(keys=keys, args=[packed, VARY_TTL_MS], client=r)
+        )
+
+    # -- purges (soft ones delete too: see the class) --------------------------------------
+
+    async def purge_url(self, tenant: str, url: str, soft_at: float | None = None) -> int:
+        return await self._purge_urls(tenant, [url])
+
+    async def purge_prefix(self, tenant: str, url_prefix: str, soft_at: float | None = None) -> int:
+        index = self.keys.urls(tenant)
+        count = 0
+        for prefix in url_prefixes(url_prefix, await self.sites(tenant)):
+            lowest, highest = b"[" + prefix.encode(), b"[" + prefix.encode() + b"\xff"
+            while True:
+                found = await self._read(
+                    "zrangebylex", index, lowest, highest, start=0, num=PURGE_BATCH
+                )
+                count += await self._purge_urls(tenant, [u.decode() for u in found])
+                if len(found) < PURGE_BATCH:
+                    break
+                lowest = b"(" + found[-1]
+        return count
+
+    async def purge_tags(self, tenant: str, tags: list[str], soft_at: float | None = None) -> int:
+        count = 0
+        for tag in tags:
+            name = self.keys.tag(tenant, tag)
+            found = await self._read("zrange", name, 0, -1)
+            count += await self._purge_urls(tenant, [u.decode() for u in found])
+            await self._read("delete", name)
+        return count
+
+    async def purge_tenant(self, tenant: str, soft_at: float | None = None) -> int:
+        index = self.keys.urls(tenant)
+        count = 0
+        while True:
+            found = await self._read("zrange", index, 0, PURGE_BATCH - 1)
+            if not found:
+                return count
+            count += await self._purge_urls(tenant, [u.decode() for u in found])
+
+    async def _purge_urls(self, tenant: str, urls: list[str]) -> int:
+        """Delete each URL's two keys (one slot each), then unindex the URLs."""
+        if not urls:
+            return 0
+
+        async def purge(r: Client) -> int:
+            pipe = r.pipeline(transaction=False)
+            for url in urls:
+                name = self.keys.entries(vary_record_key(tenant, url))
+                pipe.hlen(name + "x")
+                pipe.delete(name, name + "x")
+            done = await pipe.execute()
+            return sum(int(n) for n in done[0::2])
+
+        async def unindex(r: Client) -> None:
+            pipe = r.pipeline(transaction=False)
+            pipe.zrem(self.keys.urls(tenant), *urls)
+            pipe.zrem(self.keys.expiries(tenant), *urls)
+            await pipe.execute()
+
+        count = await self.link.run(purge)
+        await self.link.run(unindex)
+        return count
+
+    async def sites(self, tenant: str) -> list[str]:
+        found = await self._read("smembers", self.keys.sites(tenant))
+        return sorted(s.decode() for s in found)
+
+    async def _read(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """One command by name, through the link."""
+        return await self.link.run(lambda r: getattr(r, command)(*args, **kwargs))
+

@@ -1,0 +1,222 @@
+"""Gateways sharing a real Redis: the L2 tier, purges and busts reaching every instance,
+generations surviving restarts, and Redis failing open. Each gateway is a real listener on a
+loopback port; the Redis is a real `redis-server` started on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
+
+from gateway.server import Gateway
+from gateway.store.tiered import TieredStore
+from tests.conftest import GatewayFactory, eventually
+from tests.redis_fixtures import redis_server  # noqa: F401
+from tests.redis_servers import RedisServer, TcpProxy
+from tests.test_gateway_http import origin_count, spec
+
+CACHED = "Cache-Control:max-age=60"
+TAGGED = "Surrogate-Key:news"
+
+
+async def get(
+    http: aiohttp.ClientSession, gw: TestServer, path: str
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """As clients of a fleet ask: under the one public host name, whichever instance answers
+    (the URL, so the key, includes the host)."""
+    async with http.get(gw.make_url(path), headers={"Host": "fleet.test"}) as resp:
+        return resp, await resp.read()
+
+
+def fleet_yaml(url: str, extra: str = "") -> str:
+    return f"redis: {{url: '{url}', timeout: 300ms, block: 200ms{extra}}}"
+
+
+async def start_fleet(
+    make_gateway: GatewayFactory, origin: TestServer, url: str, n: int
+) -> list[tuple[TestServer, Gateway]]:
+    members = [await make_gateway(str(origin.make_url("/")), top_extra=fleet_yaml(url))
+               for _ in range(n)]
+    for _, gateway in members:
+        assert gateway.member is not None
+        await eventually(lambda g=gateway: g.member.control.ready, "purge stream followed")
+    return members
+
+
+async def test_an_entry_filled_through_one_instance_is_a_hit_on_another(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    (a, _), (b, _) = await start_fleet(make_gateway, echo_origin, redis_server.url, 2)
+    path = spec("/shared", CACHED, body="from-a")
+    first, _ = await get(http, a, path)
+    second, body = await get(http, b, path)
+    assert first.headers["X-Cache"] == "MISS"
+    assert second.headers["X-Cache"] == "HIT" and body == b"from-a"
+    assert await origin_count(echo_origin) == 1
+    third, _ = await get(http, b, path)  # now from B's own memory
+    assert third.headers["X-Cache"] == "HIT"
+
+
+@pytest.mark.parametrize("how", ["urls", "tags", "prefix", "namespace"])
+async def test_a_purge_taken_by_one_instance_reaches_the_others(
+    how: str, echo_origin: TestServer, make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession, redis_server: RedisServer,  # noqa: F811
+) -> None:
+    fleet = await start_fleet(make_gateway, echo_origin, redis_server.url, 3)
+    (a, gw_a), (b, gw_b), (c, gw_c) = fleet
+    path = spec("/news/today", CACHED, TAGGED, projectId="p1")
+    for server in (a, b, c):
+        await get(http, server, path)  # in each instance's memory now
+    assert await origin_count(echo_origin) == 1
+    selector: dict[str, object] = {
+        "urls": {"urls": [path]}, "tags": {"tags": ["news"]}, "prefix": {"prefix": "/news/"},
+        "namespace": {},
+    }[how]
+    tiered = gw_c.cache.store
+    assert isinstance(tiered, TieredStore)
+    promoted = tiered.l2_hits
+    assert await gw_a.purge("p1", **selector) >= 1  # type: ignore[arg-type]
+    for gateway in (gw_b, gw_c):
+        await eventually(lambda g=gateway: g.member.control.events >= 1, "the purge arrived")
+    resp, _ = await get(http, b, path)
+    assert resp.headers["X-Cache"] == "MISS"  # B's copy is gone: fetched again, stored in L2
+    resp, _ = await get(http, c, path)
+    assert resp.headers["X-Cache"] == "HIT" and tiered.l2_hits == promoted + 1  # B's refill
+    assert await origin_count(echo_origin) == 2
+
+
+async def test_a_soft_purge_leaves_a_stale_copy_to_serve_while_refreshing(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    (a, gw_a), (b, gw_b) = await start_fleet(make_gateway, echo_origin, redis_server.url, 2)
+    path = spec("/soft", CACHED, projectId="p1")
+    await get(http, a, path)
+    await get(http, b, path)
+    await gw_a.purge("p1", urls=[path], soft=True)
+    await eventually(lambda: gw_b.member is not None and gw_b.member.control.events >= 1,
+                     "the soft purge reached B")
+    resp, _ = await get(http, b, path)
+    assert resp.headers["X-Cache"] == "UPDATING"
+
+
+async def test_busts_reach_every_instance_and_survive_a_restart(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    (a, gw_a), (b, gw_b) = await start_fleet(make_gateway, echo_origin, redis_server.url, 2)
+    path = spec("/bundle", CACHED, projectId="p1")
+    await get(http, a, path)
+    await get(http, b, path)
+    result = await gw_a.bust("p1", soft=False)
+    assert result["hard"] == 1
+    await eventually(lambda: gw_b.cache.generations.hard.get("p1") == 1, "B knows the bust")
+    resp, _ = await get(http, b, path)
+    assert resp.headers["X-Cache"] == "MISS"  # a new key: the busted entry is unreachable
+
+    await gw_a.bust("p1", soft=True)
+    await eventually(lambda: len(gw_b.cache.generations.soft.get("p1", [])) == 1,
+                     "B knows the soft bust")
+    resp, _ = await get(http, b, path)
+    assert resp.headers["X-Cache"] == "UPDATING"  # stale within the grace, refreshed once
+
+    # A new instance (a restart) starts from Redis's generations, not from 0.
+    [(fresh, gw_fresh)] = await start_fleet(make_gateway, echo_origin, redis_server.url, 1)
+    assert gw_fresh.cache.generations.hard.get("p1") == 1
+    assert gw_fresh.cache.generations.epoch == gw_a.cache.generations.epoch
+    before = await origin_count(echo_origin)
+    resp, _ = await get(http, fresh, path)
+    assert resp.headers["X-Cache"] in ("HIT", "MISS")
+    assert resp.headers["X-Cache"] != "MISS" or await origin_count(echo_origin) > before
+
+
+async def test_a_purge_taken_while_an_instance_is_cut_off_reaches_it_on_reconnect(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    proxy = await TcpProxy("127.0.0.1", redis_server.port).start()
+    try:
+        (a, gw_a), = await start_fleet(make_gateway, echo_origin, redis_server.url, 1)
+        (c, gw_c), = await start_fleet(make_gateway, echo_origin, proxy.url_for(), 1)
+        path = spec("/cut", CACHED, projectId="p1")
+        await get(http, a, path)
+        await get(http, c, path)
+        proxy.cut()
+        await gw_a.purge("p1", urls=[path])
+        await asyncio.sleep(0.3)  # what C would see before it reconnects: its own stale memory
+        resp, _ = await get(http, c, path)
+        assert resp.headers["X-Cache"] == "HIT"
+        assert gw_c.member is not None
+        events = gw_c.member.control.events
+        proxy.restore()
+        await eventually(lambda: gw_c.member is not None and gw_c.member.control.events > events,
+                         "C replayed the purge after reconnecting")
+        resp, _ = await get(http, c, path)
+        assert resp.headers["X-Cache"] == "MISS"
+    finally:
+        await proxy.close()
+
+
+async def test_an_instance_that_missed_trimmed_events_flushes_its_memory(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture,  # noqa: F811
+) -> None:
+    proxy = await TcpProxy("127.0.0.1", redis_server.port).start()
+    try:
+        (_a, gw_a), = await start_fleet(make_gateway, echo_origin, redis_server.url, 1)
+        (c, gw_c), = await start_fleet(make_gateway, echo_origin, proxy.url_for(), 1)
+        path = spec("/trimmed", CACHED, projectId="p1")
+        await get(http, c, path)
+        assert gw_c.member is not None
+        await gw_a.purge("p1", urls=["/elsewhere"])  # an event C reads: it has a position
+        await eventually(lambda: gw_c.member is not None and gw_c.member.control.events >= 1,
+                         "C read the first event")
+        proxy.cut()
+        await gw_a.purge("p1", urls=[path])
+        assert gw_a.member is not None
+        client = Redis.from_url(redis_server.url)
+        await client.xtrim(gw_a.member.keys.stream, maxlen=0)  # C's next events are gone
+        await client.aclose()
+        with caplog.at_level(logging.WARNING, logger="gateway.fleet"):
+            proxy.restore()
+            await eventually(lambda: gw_c.member is not None and gw_c.member.control.flushes == 1,
+                             "C flushed its memory")
+        assert "flushing this instance's memory tier" in caplog.text
+        assert len(gw_c.store) == 0
+    finally:
+        await proxy.close()
+
+
+async def test_redis_down_fails_open_and_purges_flow_again_when_it_returns(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    (a, gw_a), (b, gw_b) = await start_fleet(make_gateway, echo_origin, redis_server.url, 2)
+    hot = spec("/hot", CACHED, projectId="p1")
+    await get(http, a, hot)
+    redis_server.kill()
+    statuses = []
+    for i in range(30):  # hits from memory, cold keys from the origin: nothing fails
+        resp, _ = await get(http, a if i % 2 else b, hot if i % 3 else spec(f"/cold{i}", CACHED))
+        statuses.append(resp.status)
+    assert statuses == [200] * 30
+    from gateway.server import JsonError
+    with pytest.raises(JsonError) as refused:
+        await gw_a.purge("p1", urls=[hot])
+    assert refused.value.status == 503
+
+    redis_server.restart()  # empty: the fleet's generations were only in its memory
+    await eventually(lambda: all(g.member is not None and g.member.link.available
+                                 and g.member.control.ready for g in (gw_a, gw_b)),
+                     "both instances back on Redis", within=10)
+    await get(http, b, hot)
+    await gw_a.purge("p1", urls=[hot])
+    await eventually(lambda: gw_b.member is not None and gw_b.member.control.events >= 1,
+                     "the purge reached B again")
+    resp, _ = await get(http, b, hot)
+    assert resp.headers["X-Cache"] == "MISS"

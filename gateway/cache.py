@@ -174,6 +174,7 @@ class Cache:
                 self._remember_pass(look.key)
                 return await self._fetch(look, stale, fwd, alone=True, collapsed=True)
             case Stored():
+                collapsed = collapsed or result.remote
                 self.recorder.count(Outcome.COLLAPSED if collapsed else Outcome.MISS, look.tenant)
                 return self.replies.stored(req, result, now, fwd, collapsed=collapsed, own=leader)
             case Streaming():

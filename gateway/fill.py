@@ -20,6 +20,7 @@ from gateway.analysis import Analysis, analyse
 from gateway.broadcast import Broadcast
 from gateway.coalesce import Flight
 from gateway.directives import http_date_text
+from gateway.fleet.lease import Landed, Lease, Leases
 from gateway.generations import Generations
 from gateway.headers import (
     NOT_STORED,
@@ -66,6 +67,7 @@ class Stored:
     # shared copy must drop (Set-Cookie under private="Set-Cookie", no-cache="X"). None after a
     # 304, where the stored copy is all there is.
     own_headers: list[tuple[str, str]] | None = None
+    remote: bool = False  # filled by another instance of the fleet, read from Redis
 
 
 @dataclass(slots=True)
@@ -112,6 +114,7 @@ class Filler:
         self.generations = generations
         self.recorder = recorder
         self.clock = clock
+        self.leases: Leases | None = None  # in a fleet: one origin fetch per key fleet-wide
 
     def request_headers(self, look: Lookup, upstream: Upstream) -> CIMultiDict[str]:
         """Exactly what a fill sends: the gateway's own fields and the keyed ones, plus the
@@ -133,7 +136,32 @@ class Filler:
         background: bool = False,
     ) -> Fill:
         """Fetch the key (conditionally when a stale entry has validators), announce the
-        answer on `flight`, then read a shared body to its end and store it if it fits."""
+        answer on `flight`, then read a shared body to its end and store it if it fits. In a
+        fleet, under the key's lease: or with the entry another instance filled meanwhile."""
+        lease: Lease | None = None
+        if self.leases is not None and not look.alone:
+            claim = await self.leases.claim(look, None if stale is None else stale.response_time)
+            if isinstance(claim, Landed):
+                self.recorder.count(Outcome.FLEET_COLLAPSED, look.tenant)
+                entry = claim.entry
+                x_cache = "MISS" if stale is None else "EXPIRED"
+                return Stored(entry, x_cache, entry.status, True, remote=True)
+            lease = claim
+        try:
+            return await self._fetch(flight, look, upstream, stale, lease, background)
+        finally:
+            if lease is not None:
+                lease.give_up(shareable=True)  # unless it was kept: one waiter takes over
+
+    async def _fetch(
+        self,
+        flight: Flight[Fill],
+        look: Lookup,
+        upstream: Upstream,
+        stale: Entry | None,
+        lease: Lease | None,
+        background: bool,
+    ) -> Fill:
         headers = self.request_headers(look, upstream)
         if stale is not None:
             headers.update(validation.validators(CIMultiDict(stale.headers)))
@@ -147,10 +175,12 @@ class Filler:
         if background:
             self.recorder.count(Outcome.BACKGROUND_REFRESH, look.tenant)
         try:
-            head = await self._head(flight, look, stale, resp, epoch)
+            head = await self._head(flight, look, stale, resp, epoch, lease)
         except BaseException:
             resp.close()
             raise
+        if lease is not None and not (isinstance(head, Streaming) and head.broadcast.keep_all):
+            lease.give_up(shareable=not isinstance(head, Passed))  # nothing to wait for
         if not isinstance(head, Streaming):
             return head
         task = asyncio.current_task()
@@ -166,7 +196,13 @@ class Filler:
         )
         if not hold:
             flight.announce(head)
-        return await self._body(flight, look, resp, head)
+        return await self._body(flight, look, resp, head, lease)
+
+    async def _keep(self, entry: Entry, lease: Lease | None) -> bool:
+        """Store a whole entry: under the fleet lease when this fill holds one."""
+        if lease is None:
+            return await self.store.put(entry)
+        return await lease.keep(entry)
 
     async def _head(
         self,
@@ -175,6 +211,7 @@ class Filler:
         stale: Entry | None,
         resp: OriginResponse,
         epoch: int,
+        lease: Lease | None,
     ) -> Fill:
         """What the origin's head makes of the fill (the response stays open unless Stored)."""
         rh = resp.headers
@@ -186,7 +223,7 @@ class Filler:
             resp.close()
             merged = CIMultiDict(validation.merge_not_modified(stale.headers, rh))
             entry = self._entry(look, stale.status, merged, resp, epoch, body=stale.body)
-            stored = await self.store.put(entry)
+            stored = await self._keep(entry, lease)
             return Stored(entry, "REVALIDATED", 304, stored)
         if (
             stale is not None
@@ -211,7 +248,12 @@ class Filler:
         return Streaming(entry, x_cache, resp.status, broadcast, own, length)
 
     async def _body(
-        self, flight: Flight[Fill], look: Lookup, resp: OriginResponse, head: Streaming
+        self,
+        flight: Flight[Fill],
+        look: Lookup,
+        resp: OriginResponse,
+        head: Streaming,
+        lease: Lease | None,
     ) -> Fill:
         """Read the shared body to its end; store it when it is whole and fits. A failure
         halfway cuts the readers off; the fill's own error if it had not answered yet."""
@@ -225,6 +267,8 @@ class Filler:
                 if broadcast.keep_all and broadcast.size > limit:
                     broadcast.stop_keeping()  # too big to store: still streamed to its readers
                     flight.announce(head)
+                    if lease is not None:
+                        lease.give_up(shareable=True)
                 if broadcast.full():
                     await broadcast.make_room(STARTERS_WAIT)
         except OriginError as exc:
@@ -241,7 +285,7 @@ class Filler:
             return head
         entry = head.entry
         entry.body = broadcast.body()
-        stored = await self.store.put(entry)
+        stored = await self._keep(entry, lease)
         self.recorder.count(Outcome.STORED if stored else Outcome.NOT_STORED, look.tenant)
         return Stored(entry, head.x_cache, head.fwd_status, stored, head.own_headers)
 

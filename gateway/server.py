@@ -25,7 +25,6 @@ from gateway.router import Router
 from gateway.settings import CacheSettings
 from gateway.store import Entry, Store, purge
 from gateway.store.memory import MemoryStore
-from gateway.store.tiered import TieredStore
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -88,8 +87,9 @@ class Gateway:
                 generations=generations,
                 settings=settings,
                 clock=self.now,
+                current=self._current,
             )
-            store = TieredStore(self.store, self.member.l2, self._current)
+            store = self.member.store
         self.cache = Cache(
             settings=settings,
             store=store,
@@ -98,6 +98,8 @@ class Gateway:
             clock=self.now,
             generations=generations,
         )
+        if self.member is not None:
+            self.cache.filler.leases = self.member.leases
 
     def now(self) -> float:
         """`clock()`, looked up each time so that tests can move time for every part at once."""

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from gateway.config import RedisConfig
 from gateway.fleet.control import Control, Event
 from gateway.fleet.keys import Keys
+from gateway.fleet.lease import Leases
 from gateway.fleet.link import RedisLink, RedisUnavailable
+from gateway.fleet.notices import Notices
 from gateway.generations import Generations
 from gateway.settings import CacheSettings
-from gateway.store import purge
+from gateway.store import Entry, purge
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
+from gateway.store.tiered import TieredStore
 
 log = logging.getLogger("gateway.fleet")
 
@@ -38,6 +41,7 @@ class Member:
         generations: Generations,
         settings: CacheSettings,
         clock: Callable[[], float],
+        current: Callable[[Entry], bool],
     ) -> None:
         self.cfg = cfg
         self.instance = instance_id()
@@ -45,6 +49,11 @@ class Member:
         self.link = RedisLink(cfg)
         self.keys = Keys(cfg.prefix)
         self.l2 = RedisStore(self.link, self.keys, settings, clock, keep_stale=cfg.keep_stale)
+        self.store = TieredStore(memory, self.l2, current)
+        self.notices = Notices(cfg, f"{cfg.prefix}:fills")
+        self.leases = Leases(
+            self.link, self.keys, self.notices, self.store, settings, ttl=cfg.lease
+        )
         self.control = Control(
             self.link,
             self.keys,
@@ -64,12 +73,14 @@ class Member:
             log.warning("redis unreachable at start (%s): L1 only until it answers", exc)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.control.follow(), name="purge-stream"))
+        self._tasks.append(loop.create_task(self.notices.run(), name="fill-notices"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.notices.close()
         await self.link.close()
 
     async def _apply(self, event: Event) -> None:
@@ -89,6 +100,8 @@ class Member:
         return {
             "instance": self.instance,
             "redis": self.link.stats(),
+            "leases": self.leases.stats(),
+            "l2": {"hits": self.store.l2_hits, "misses": self.store.l2_misses},
             "purge_stream": {
                 "ready": self.control.ready,
                 "last_id": self.control.last_id,

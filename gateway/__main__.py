@@ -1,10 +1,16 @@
-"""`python -m gateway --config FILE [--check]`, or an admin command (`purge`, `bust`, ...)."""
+"""`python -m gateway --config FILE [--check]`, or an admin command (`purge`, `bust`, ...).
+
+With `workers: 1` (the default) this process serves (`serve`). With `workers: N` it is the
+supervisor of N worker processes and serves nothing itself (`gateway.supervisor`); each worker
+is this same entry point again, given its `Role` by the hidden `--worker-*` flags, and serves.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import resource
 import signal
 import sys
@@ -15,8 +21,11 @@ from gateway import cli
 from gateway.admin import admin_app
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.server import Gateway, public_server
+from gateway.supervisor import Role, Supervisor, watch_supervisor
 
 log = logging.getLogger("gateway")
+
+LOG_FORMAT = "%(asctime)s %(name)s {tag}%(message)s"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,6 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML routing file")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument("--log-level", default="INFO")
+    # Set by the supervisor on the worker processes it starts (`workers: N`, see
+    # `gateway.supervisor`), not by hand.
+    parser.add_argument("--worker-of", metavar="MACHINE", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -42,30 +56,45 @@ def raise_file_limit(connections: int) -> None:
         )
 
 
-async def serve(config: GatewayConfig) -> None:
+async def serve(config: GatewayConfig, role: Role | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (SIGHUP reloads): the only process, or one worker."""
+    role = role or Role.alone()
     raise_file_limit(config.max_connections)
-    gateway = Gateway(config)
+    gateway = Gateway(config, machine=role.machine, worker=role.index)
+    if role.supervisor is not None:
+        supervisor = role.supervisor
+        gateway.reload_all = lambda: os.kill(supervisor, signal.SIGHUP)
     await gateway.start()
-    runners: list[web.BaseRunner] = [web.ServerRunner(public_server(gateway))]
-    sites = [(runners[0], config.listen.host, config.listen.port)]
-    if config.admin.listen is not None:
-        admin = web.AppRunner(admin_app(gateway), access_log=None)
-        runners.append(admin)
-        sites.append((admin, config.admin.listen.host, config.admin.listen.port))
-    for runner in runners:
-        await runner.setup()
-    for runner, host, port in sites:
-        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=config.listen_backlog)
-        await site.start()
-        log.info("listening on http://%s:%d", host, port)
+    runners: list[web.BaseRunner] = []
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_on_signal, gateway)
+    watch: asyncio.Task[None] | None = None
     try:
+        runners.append(web.ServerRunner(public_server(gateway)))
+        sites = [(runners[0], config.listen.host, config.listen.port)]
+        if config.admin.listen is not None:
+            admin = web.AppRunner(admin_app(gateway), access_log=None)
+            runners.append(admin)
+            sites.append((admin, config.admin.listen.host, config.admin.listen.port))
+        for runner in runners:
+            await runner.setup()
+        for runner, host, port in sites:
+            site = web.TCPSite(
+                runner, host, port, reuse_address=True, reuse_port=role.worker or None,
+                backlog=config.listen_backlog,
+            )
+            await site.start()
+            log.info("listening on http://%s:%d", host, port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_on_signal, gateway)
+        if role.supervisor is not None:
+            watch = loop.create_task(watch_supervisor(role.supervisor, stop))
+        role.ready()
         await stop.wait()
     finally:
+        if watch is not None:
+            watch.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
         await gateway.stop()
@@ -85,12 +114,29 @@ def reload_on_signal(gateway: Gateway) -> None:
         log.error("SIGHUP: config not reloaded, the running config is kept:\n%s", exc)
 
 
+def configure_logging(level: str, tag: str) -> None:
+    """Log lines name the process: `[supervisor] `, `[worker N] `, or nothing (workers: 1)."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT.format(tag=tag), force=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if is_admin_command(argv):
         return cli.main(argv)
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if args.worker_of is not None:
+        # The supervisor's pid is the machine id's last part (`machine_id`). Taken from there,
+        # not from getppid(): a worker whose supervisor died before it got here has been
+        # reparented, and must not signal (or wait for) whatever process adopted it.
+        supervisor = int(args.worker_of.rpartition(":")[2] or 0)
+        if os.getppid() != supervisor:
+            print(f"worker {args.worker_index}: supervisor {supervisor} is gone", file=sys.stderr)
+            return 1
+        role = Role(args.worker_of, args.worker_index, supervisor, args.ready_fd)
+        tag = f"[worker {args.worker_index}] "
+    else:
+        role, tag = Role.alone(), ""
+    configure_logging(args.log_level, tag)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -99,12 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok")
         return 0
+    if config.workers > 1 and not role.worker:
+        configure_logging(args.log_level, "[supervisor] ")
+        return Supervisor(args.config, config, args.log_level).run()
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config))
+        run = asyncio.run
     else:
-        uvloop.run(serve(config))
+        run = uvloop.run
+    try:
+        run(serve(config, role))
+    except Exception:
+        if not role.worker:
+            raise
+        log.exception("worker %d failed", role.index)  # in the machine's log, tagged
+        return 1
     return 0
 
 

@@ -188,16 +188,31 @@ async def reload(request: web.Request) -> web.Response:
             400, {"error": "config not reloaded; the running config is kept", "issues": issues}
         )
     config = gateway.config
+    answer: dict[str, object] = {
+        "reloaded": True, "source": config.source_path, "routes": len(config.routes)
+    }
+    if gateway.reload_all is not None:  # one of several workers: the others reload too
+        gateway.reload_all()
+        answer["workers"] = config.workers
     audit(who, "reload", ok=True, routes=len(config.routes))
-    return json_response(
-        200, {"reloaded": True, "source": config.source_path, "routes": len(config.routes)}
-    )
+    return json_response(200, answer)
+
+
+async def machine_stats(gateway: Gateway) -> dict[str, Any]:
+    """With a census (`workers: N` in a fleet), the sum over every worker of the machine (see
+    gateway/fleet/census.py); without, this process's own stats."""
+    own = gateway.stats()
+    if gateway.census is None:
+        return own
+    merged: dict[str, Any] = await gateway.census.machine_stats(own)
+    return merged
 
 
 async def stats(request: web.Request) -> web.Response:
-    """Everything for a '*' token; a scoped token sees only its own tenants."""
+    """Everything for a '*' token; a scoped token sees only its own tenants. For the whole
+    machine: all its worker processes, whichever one takes the call."""
     who = _token(request)
-    full = _gateway(request).stats()
+    full = await machine_stats(_gateway(request))
     if "*" not in who.tenants:
         tenants = full["tenants"]
         assert isinstance(tenants, dict)

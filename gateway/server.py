@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.cache import Cache
 from gateway.canonical import BadRequest, absolute_target, keyed_url, parse_target
 from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
+from gateway.fleet.census import Census
 from gateway.fleet.control import purge_event
 from gateway.fleet.link import RedisUnavailable
 from gateway.fleet.member import Member
@@ -61,7 +62,14 @@ class JsonError(Exception):
 class Gateway:
     """Everything one gateway instance owns; the handlers are thin calls into it."""
 
-    def __init__(self, config: GatewayConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        clock: Callable[[], float] = time.time,
+        *,
+        machine: str | None = None,
+        worker: int = 0,
+    ) -> None:
         self.config = config
         self.clock = clock  # the one wall clock: cache decisions, origin times, purges, busts
         self.router = Router(config)
@@ -98,8 +106,15 @@ class Gateway:
             clock=self.now,
             generations=generations,
         )
+        self.census: Census | None = None  # with a fleet: /admin/stats for every worker
         if self.member is not None:
             self.cache.filler.leases = self.member.leases
+            member = self.member
+            self.census = Census(
+                member.link, member.keys, machine or member.instance, worker, self.stats
+            )
+        # Set by a worker of `workers: N`: have the supervisor reload every worker.
+        self.reload_all: Callable[[], None] | None = None
 
     def now(self) -> float:
         """`clock()`, looked up each time so that tests can move time for every part at once."""
@@ -118,6 +133,8 @@ class Gateway:
             upstream.open()
         if self.member is not None:
             await self.member.start()
+        if self.census is not None:
+            await self.census.start()
 
     async def stop(self) -> None:
         for task, upstream in list(self._retiring.items()):
@@ -125,6 +142,8 @@ class Gateway:
             await upstream.close()
         for upstream in self.upstreams.values():
             await upstream.close()
+        if self.census is not None:
+            await self.census.stop()  # before the member closes the link it writes on
         if self.member is not None:
             await self.member.stop()
 

@@ -1,6 +1,6 @@
-"""One origin fetch per cold key across a fleet: leases in a real Redis, gateways on real
-loopback listeners, and the echo origin holding its answer behind a gate so that every
-client is waiting while the fill is in flight."""
+"""One origin fetch per cold key across a fleet: leases in a real Redis (standalone and a
+3-master cluster), gateways on real loopback listeners, and the echo origin holding its answer
+behind a gate so that every client is waiting while the fill is in flight."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import asyncio
 import aiohttp
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
-from redis.asyncio import Redis
 
 from gateway.canonical import parse_target
 from gateway.exchange import Incoming
@@ -17,9 +16,8 @@ from gateway.key import vary_record_key
 from gateway.server import Gateway
 from tests.conftest import GatewayFactory, eventually
 from tests.echo_origin import echo_state
-from tests.redis_fixtures import redis_server  # noqa: F401
-from tests.redis_servers import RedisServer
-from tests.test_fleet import get, start_fleet
+from tests.redis_fixtures import redis_cluster, redis_server  # noqa: F401
+from tests.test_fleet import Backend, backend, get, start_fleet  # noqa: F401
 from tests.test_gateway_http import origin_count, spec
 
 CACHED = "Cache-Control:max-age=60"
@@ -27,9 +25,9 @@ CACHED = "Cache-Control:max-age=60"
 
 async def test_300_clients_over_3_instances_cost_one_origin_fetch(
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
-    redis_server: RedisServer,  # noqa: F811
+    backend: Backend,  # noqa: F811
 ) -> None:
-    fleet = await start_fleet(make_gateway, echo_origin, redis_server.url, 3)
+    fleet = await start_fleet(make_gateway, echo_origin, backend, 3)
     gate = echo_state(echo_origin).gate("cold")
     gate.clear()
     path = spec("/cold", CACHED, hold="cold", body="bundle")
@@ -50,9 +48,9 @@ def _waiting_elsewhere(fleet: list[tuple[TestServer, Gateway]]) -> int:
 
 async def test_an_answer_that_may_not_be_shared_sends_the_waiters_to_the_origin_at_once(
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
-    redis_server: RedisServer,  # noqa: F811
+    backend: Backend,  # noqa: F811
 ) -> None:
-    (a, _), (b, gw_b) = await start_fleet(make_gateway, echo_origin, redis_server.url, 2)
+    (a, _), (b, gw_b) = await start_fleet(make_gateway, echo_origin, backend, 2)
     gate = echo_state(echo_origin).gate("private")
     gate.clear()
     path = spec("/private", "Cache-Control:private", hold="private")
@@ -70,15 +68,15 @@ async def test_an_answer_that_may_not_be_shared_sends_the_waiters_to_the_origin_
 
 async def test_a_lease_whose_holder_died_is_taken_over_by_a_waiter(
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
-    redis_server: RedisServer,  # noqa: F811
+    backend: Backend,  # noqa: F811
 ) -> None:
-    [(b, gw_b)] = await start_fleet(make_gateway, echo_origin, redis_server.url, 1)
+    [(b, gw_b)] = await start_fleet(make_gateway, echo_origin, backend, 1)
     assert gw_b.member is not None
     path = spec("/orphan", CACHED, body="late")
     # A holder that will never commit, as a crashed instance leaves its lease behind.
     look = gw_b.cache.locate(_incoming(path), gw_b.router.match("fleet.test", "/orphan", "GET"))
     name = gw_b.member.keys.lease(vary_record_key(look.tenant, look.url), look.vary_on(()))
-    client = Redis.from_url(redis_server.url)
+    client = backend.client()
     await client.set(name, "dead-holder", px=300)
     await client.aclose()
     resp, body = await get(http, b, path)

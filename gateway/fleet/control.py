@@ -26,16 +26,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterError, ResponseError
 
 from gateway.fleet.keys import Keys
-from gateway.fleet.link import RedisLink, RedisUnavailable
+from gateway.fleet.link import ERRORS, RedisLink, RedisUnavailable, cancelling
 from gateway.generations import SOFT_BUSTS_KEPT, Generations
 
 log = logging.getLogger("gateway.fleet")
 
 READ_COUNT = 500  # stream events read per XREAD
 RETRY_MAX = 1.0  # seconds between two attempts to reach Redis again, at most
+# what the stream reader outlives: its own client's failures, and the data client's (`load`)
+FOLLOW_ERRORS: tuple[type[BaseException], ...] = (*ERRORS, RedisUnavailable)
 
 # KEYS: hard, epoch, soft tenants, the tenant's soft list, stream; ARGV: tenant, soft (0/1),
 # at, stream length kept, instance id, busts kept. Returns {event id, generation or epoch}.
@@ -165,7 +167,9 @@ class Control:
         """XINFO STREAM, or None when there is no stream (none recorded yet, or Redis lost it)."""
         try:
             info: dict[str, Any] = await client.xinfo_stream(self.keys.stream)
-        except ResponseError:
+        except ResponseError as exc:
+            if isinstance(exc, ClusterError):  # CLUSTERDOWN is a ResponseError too: a failure
+                raise
             return None
         return info
 
@@ -193,7 +197,9 @@ class Control:
                     count=READ_COUNT,
                     block=int(self.link.cfg.block * 1000),
                 )
-            except (RedisError, OSError, RedisUnavailable) as exc:
+            except FOLLOW_ERRORS as exc:
+                if cancelling():
+                    raise
                 if not reconnecting:
                     log.warning("purge stream unreachable (%s): will replay on reconnect", exc)
                 reconnecting = True

@@ -2,7 +2,8 @@
 Nishtala et al., NSDI 2013).
 
 In-process single flight comes first (`gateway.coalesce`): only the leader of a key's flight
-in this process claims the fleet lease. The claim is `SET name token NX PX ttl GET`:
+in this process claims the fleet lease. The claim is one script, `SET name token NX PX ttl GET`
+and, when the lease was free, the key's entry as it is now (a holder may just have committed):
 
 - set: this instance fills. It renews the lease while the fill runs (so a short TTL suffices
   for a 5 s origin), and commits the entry to Redis only while the lease is still its own
@@ -30,7 +31,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.fleet.keys import Keys
+from gateway.fleet import codec
+from gateway.fleet.keys import Keys, entry_field
 from gateway.fleet.link import RedisLink, RedisUnavailable
 from gateway.fleet.notices import Notices
 from gateway.key import vary_record_key
@@ -42,6 +44,15 @@ from gateway.store.tiered import TieredStore
 PASS = b"pass"
 RECHECK_FIRST = 0.05  # seconds before a waiter first re-checks Redis without a notice
 RECHECK_MAX = 1.0  # the cap of its doubling interval
+
+# KEYS: lease, the URL's entries hash; ARGV: token, ms, entry field. SET NX PX GET, and the
+# entry as it is now when the lease was free (a holder may just have committed it).
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return {held, false} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {false, redis.call('HGET', KEYS[2], ARGV[3])}
+"""
 
 # KEYS: lease; ARGV: token, ms. Extend the lease if it is still this holder's.
 _RENEW = """
@@ -140,6 +151,7 @@ class Leases:
         self.settings = settings
         self.ttl_ms = int(ttl * 1000)
         self.loop_time = loop_time
+        self.claim_script = link.data.register_script(_CLAIM)
         self.renew_script = link.data.register_script(_RENEW)
         self.release_script = link.data.register_script(_RELEASE)
         self.waited = 0  # claims that waited on another instance
@@ -164,25 +176,26 @@ class Leases:
         now = self.loop_time or loop.time
         deadline = now() + self.settings.collapse_timeout
         delay, waited = RECHECK_FIRST, False
+        keys = [name, self.keys.entries(vary_record_key(look.tenant, look.url))]
+        args = [token, self.ttl_ms, entry_field(look.key)]
         while True:
             try:
-                held = await self.link.run(
-                    lambda r: r.set(name, token, nx=True, px=self.ttl_ms, get=True)
+                held, raw = await self.link.run(
+                    lambda r: self.claim_script(keys=keys, args=args, client=r)
                 )
             except RedisUnavailable:
                 return None
             if held == PASS:
                 return None
             if held is None:
-                # Leased; but a holder may have committed and let go just before: look first.
+                # Leased; but a holder may have committed and let go just before: its entry
+                # came back with the lease.
                 lease = Lease(self, name, token)
-                try:
-                    landed = await self._landed(look, newer_than)
-                except RedisUnavailable:
-                    return lease
+                landed = self._landed(look, raw, newer_than)
                 if landed is None:
                     return lease
                 lease.give_up(shareable=True)
+                await self.store.l1.put(landed.entry)
                 return landed
             if not waited:
                 waited = True
@@ -192,10 +205,12 @@ class Leases:
             if outcome == "pass":
                 return None
             try:
-                landed = await self._landed(look, newer_than)
+                raw = await self.link.run(lambda r: r.hget(keys[1], args[2]))
             except RedisUnavailable:
                 return None
+            landed = self._landed(look, raw, newer_than)
             if landed is not None:
+                await self.store.l1.put(landed.entry)
                 return landed
             if outcome == "stored" or now() >= deadline:
                 # Stored under another key (the answer varies on a field this request
@@ -204,14 +219,15 @@ class Leases:
                 return None
             delay = min(RECHECK_MAX, delay * 2)
 
-    async def _landed(self, look: Lookup, newer_than: float | None) -> Landed | None:
-        """The key's entry in Redis when another instance stored it (newer than the stale
-        entry being revalidated), promoted into L1."""
-        entry = await self.store.l2.get(look.key)
-        if entry is None or (newer_than is not None and entry.response_time <= newer_than):
+    def _landed(self, look: Lookup, raw: bytes | None, newer_than: float | None) -> Landed | None:
+        """The key's entry as read from Redis, if another instance stored it (newer than the
+        stale entry being revalidated)."""
+        entry = None if raw is None else codec.decode(raw)
+        if entry is None or entry.key != look.key:
+            return None
+        if newer_than is not None and entry.response_time <= newer_than:
             return None
         self.landed += 1
-        await self.store.l1.put(entry)
         return Landed(entry)
 
     async def _notice(self, name: str, within: float) -> str | None:

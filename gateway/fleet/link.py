@@ -25,7 +25,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.breaker import Breaker
 from gateway.config import RedisConfig
@@ -40,8 +40,24 @@ BREAKER_RESET = 1.0  # seconds without commands once open, before one probe goes
 ERROR_LOG_INTERVAL = 10.0  # seconds between two "Redis unavailable" lines
 
 
+# What a failed command raises. The cluster client raises RedisClusterException, which is not
+# a RedisError, when no node answers its topology query (every node down or cut off: after a
+# connection error it rediscovers the cluster before its next command) or no node holds a slot.
+ERRORS: tuple[type[BaseException], ...] = (
+    RedisError, RedisClusterException, OSError, TimeoutError
+)
+
+
 class RedisUnavailable(Exception):
     """Redis did not answer in time, refused, or the breaker is open: act as on a miss."""
+
+
+def cancelling() -> bool:
+    """Is the current task being cancelled? redis-py may turn a cancellation that lands in
+    one of its own timeouts into a TimeoutError (an OSError): a retry loop that catches those
+    must check this, or it would never stop."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def make_client(cfg: RedisConfig, *, socket_timeout: float, max_connections: int) -> Client:
@@ -93,7 +109,7 @@ class RedisLink:
             raise RedisUnavailable("no free connection within the timeout") from None
         try:
             result = await call(self.data)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except ERRORS as exc:
             self._failed(exc)
             raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
         except BaseException:
@@ -134,5 +150,5 @@ class RedisLink:
 
     async def close(self) -> None:
         for client in (self.data, self.blocking):
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*ERRORS):
                 await client.aclose()

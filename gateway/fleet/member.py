@@ -26,6 +26,8 @@ from gateway.store.tiered import TieredStore
 
 log = logging.getLogger("gateway.fleet")
 
+STOP_WAIT = 5.0  # seconds the background tasks get to end once cancelled
+
 
 def instance_id() -> str:
     """Unique per process, readable in logs: host, pid and a random part (pids recycle)."""
@@ -50,7 +52,7 @@ class Member:
         self.keys = Keys(cfg.prefix)
         self.l2 = RedisStore(self.link, self.keys, settings, clock, keep_stale=cfg.keep_stale)
         self.store = TieredStore(memory, self.l2, current)
-        self.notices = Notices(cfg, f"{cfg.prefix}:fills")
+        self.notices = Notices(cfg, f"{cfg.prefix}:fills", self.link)
         self.leases = Leases(
             self.link, self.keys, self.notices, self.store, settings, ttl=cfg.lease
         )
@@ -69,16 +71,36 @@ class Member:
         load them when it comes back), then follow the purge stream."""
         try:
             await self.control.load()
+            await self._check_eviction_policy()
         except RedisUnavailable as exc:
             log.warning("redis unreachable at start (%s): L1 only until it answers", exc)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.control.follow(), name="purge-stream"))
         self._tasks.append(loop.create_task(self.notices.run(), name="fill-notices"))
 
+    async def _check_eviction_policy(self) -> None:
+        """Generations and indexes carry no TTL so that a `volatile-*` policy never evicts
+        them; an `allkeys-*` policy could, and a lost generation brings busted content back.
+        Managed Redis often refuses CONFIG: then nothing is known and nothing is said."""
+        try:
+            found = await self.link.run(lambda r: r.config_get("maxmemory-policy"))
+        except RedisUnavailable:
+            return
+        policy = str(next(iter(found.values()), "")) if isinstance(found, dict) else ""
+        if policy.startswith("allkeys"):
+            log.error(
+                "redis maxmemory-policy is %s: it may evict generations and purge indexes"
+                " (busted or purged content could come back); use volatile-lru or"
+                " volatile-lfu", policy,
+            )
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_WAIT)
+            for task in stuck:
+                log.error("fleet task %s did not stop within %.0f s", task.get_name(), STOP_WAIT)
         self._tasks.clear()
         await self.notices.close()
         await self.link.close()

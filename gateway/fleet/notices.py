@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.config import RedisConfig
-from gateway.fleet.link import make_client
+from gateway.fleet.link import RedisLink, RedisUnavailable, cancelling, make_client
 
 log = logging.getLogger("gateway.fleet")
 
@@ -28,8 +28,9 @@ RETRY_MAX = 1.0  # seconds between two attempts to subscribe again, at most
 
 
 class Notices:
-    def __init__(self, cfg: RedisConfig, channel: str) -> None:
+    def __init__(self, cfg: RedisConfig, channel: str, link: RedisLink) -> None:
         self.channel = channel
+        self.link = link  # publishing is a data command: its timeout, its breaker
         plain = cfg.model_copy(update={"cluster": False})  # pub/sub: one node hears them all
         self.client: Redis = make_client(plain, socket_timeout=POLL + 2.0, max_connections=2)
         self.waiting: dict[str, set[asyncio.Future[str]]] = {}
@@ -57,10 +58,20 @@ class Notices:
             if not future.done():
                 future.set_result(outcome)
 
+    def wake_all(self) -> None:
+        """Resolve every waiter with `lost`: each re-checks Redis now instead of sleeping out
+        its interval for a notice that may never come."""
+        waiting, self.waiting = self.waiting, {}
+        for futures in waiting.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result("lost")
+
     async def publish(self, name: str, outcome: str) -> None:
         """Best effort: a lost notice costs waiters one re-check interval."""
-        with contextlib.suppress(RedisError, OSError):
-            await self.client.publish(self.channel, f"{name} {outcome}")
+        message = f"{name} {outcome}"
+        with contextlib.suppress(RedisUnavailable):
+            await self.link.run(lambda r: r.publish(self.channel, message))
 
     async def run(self) -> None:
         """Listen until cancelled, subscribing again (with backoff) after any failure."""
@@ -76,9 +87,12 @@ class Notices:
                         data = message["data"]
                         self.deliver(data.decode() if isinstance(data, bytes) else str(data))
             except (RedisError, OSError) as exc:
+                if cancelling():
+                    raise
                 if self.subscribed:
                     log.warning("fill notices lost (%s): waiters fall back to re-checks", exc)
                 self.subscribed = False
+                self.wake_all()  # notices may be lost now: everyone re-checks at once
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()

@@ -37,6 +37,13 @@ async def get(
         return resp, await resp.read()
 
 
+async def stored_by(gateway: Gateway, count: int) -> None:
+    """Until `gateway` has stored `count` fills: a client has the whole body a moment before
+    the fill that streamed it to them is written to Redis."""
+    await eventually(lambda: gateway.stats()["cache"].get("stored", 0) >= count,  # type: ignore[union-attr]
+                     f"{count} fills stored")
+
+
 def fleet_yaml(url: str, extra: str = "") -> str:
     return f"redis: {{url: '{url}', timeout: 300ms, block: 200ms{extra}}}"
 
@@ -150,9 +157,10 @@ async def test_an_entry_filled_through_one_instance_is_a_hit_on_another(
     echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
     backend: Backend,
 ) -> None:
-    (a, _), (b, _) = await start_fleet(make_gateway, echo_origin, backend, 2)
+    (a, gw_a), (b, _) = await start_fleet(make_gateway, echo_origin, backend, 2)
     path = spec("/shared", CACHED, body="from-a")
     first, _ = await get(http, a, path)
+    await stored_by(gw_a, 1)
     second, body = await get(http, b, path)
     assert first.headers["X-Cache"] == "MISS"
     assert second.headers["X-Cache"] == "HIT" and body == b"from-a"
@@ -169,7 +177,9 @@ async def test_a_purge_taken_by_one_instance_reaches_the_others(
     fleet = await start_fleet(make_gateway, echo_origin, backend, 3)
     (a, gw_a), (b, gw_b), (c, gw_c) = fleet
     path = spec("/news/today", CACHED, TAGGED, projectId="p1")
-    for server in (a, b, c):
+    await get(http, a, path)
+    await stored_by(gw_a, 1)
+    for server in (b, c):
         await get(http, server, path)  # in each instance's memory now
     assert await origin_count(echo_origin) == 1
     selector: dict[str, object] = {
@@ -184,6 +194,7 @@ async def test_a_purge_taken_by_one_instance_reaches_the_others(
         await eventually(lambda g=gateway: g.member.control.events >= 1, "the purge arrived")
     resp, _ = await get(http, b, path)
     assert resp.headers["X-Cache"] == "MISS"  # B's copy is gone: fetched again, stored in L2
+    await stored_by(gw_b, 1)
     resp, _ = await get(http, c, path)
     assert resp.headers["X-Cache"] == "HIT" and tiered.l2_hits == promoted + 1  # B's refill
     assert await origin_count(echo_origin) == 2

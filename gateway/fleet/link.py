@@ -36,6 +36,10 @@ T = TypeVar("T")
 Client = Any  # Redis | RedisCluster: the same command methods
 
 BREAKER_FAILURES = 5  # failed commands within the window that open the breaker
+# Seconds of outcomes the breaker weighs: short, so that the successes from before a Redis hung
+# stop counting within a second and the timeouts open it (a long window full of earlier
+# successes would let every request pay `timeout` for many seconds).
+BREAKER_WINDOW = 1.0
 BREAKER_RESET = 1.0  # seconds without commands once open, before one probe goes
 ERROR_LOG_INTERVAL = 10.0  # seconds between two "Redis unavailable" lines
 
@@ -84,7 +88,9 @@ class RedisLink:
             cfg, socket_timeout=cfg.timeout, max_connections=cfg.max_connections
         )
         self.blocking = make_client(cfg, socket_timeout=cfg.block + 2.0, max_connections=4)
-        self.breaker = Breaker(failures=BREAKER_FAILURES, reset=BREAKER_RESET, window=5.0)
+        self.breaker = Breaker(
+            failures=BREAKER_FAILURES, reset=BREAKER_RESET, window=BREAKER_WINDOW
+        )
         self._slots = asyncio.Semaphore(cfg.max_connections)
         self.errors = 0
         self.calls = 0

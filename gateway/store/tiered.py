@@ -9,6 +9,7 @@ that did not reach L2 raises `RedisUnavailable`, so the admin API can say it was
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -28,6 +29,7 @@ class TieredStore:
         self.current = current  # may this L1 entry be answered without asking L2?
         self.l2_hits = 0
         self.l2_misses = 0
+        self._background: set[asyncio.Task[None]] = set()
 
     async def get(self, key: str) -> Entry | None:
         entry = await self.l1.get(key)
@@ -73,7 +75,14 @@ class TieredStore:
         return names
 
     async def set_vary(self, primary_key: str, names: tuple[str, ...]) -> None:
+        """L1 now; L2 in the background: a fill records Vary at its head, before its clients
+        get a byte, and should not wait on Redis for it."""
         await self.l1.set_vary(primary_key, names)
+        task = asyncio.get_running_loop().create_task(self._share_vary(primary_key, names))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _share_vary(self, primary_key: str, names: tuple[str, ...]) -> None:
         with contextlib.suppress(RedisUnavailable):
             await self.l2.set_vary(primary_key, names)
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections import Counter
 
-from _harness import event_loop
+from _harness import OriginCounts, event_loop
 from aiohttp import web
 
 HOST = "127.0.0.1"  # loopback only
@@ -29,14 +28,10 @@ def make_app(size: int, seconds: float, chunk: int) -> web.Application:
     body = memoryview((pattern * (size // len(pattern) + 1))[:size])
     offsets = range(0, size, chunk)
     interval = seconds / max(1, len(offsets))
-    paths: Counter[str] = Counter()
-    stats = {"in_flight": 0, "in_flight_max": 0, "bytes_sent": 0}
+    counts = OriginCounts(bytes_sent=0)
 
     async def big(request: web.Request) -> web.StreamResponse:
-        paths[request.path_qs] += 1
-        stats["in_flight"] += 1
-        stats["in_flight_max"] = max(stats["in_flight_max"], stats["in_flight"])
-        try:
+        with counts.request(request.path_qs):
             resp = web.StreamResponse(
                 headers={
                     "Cache-Control": "public, s-maxage=60",
@@ -49,34 +44,16 @@ def make_app(size: int, seconds: float, chunk: int) -> web.Application:
             start = loop.time()
             for i, offset in enumerate(offsets):
                 await resp.write(body[offset : offset + chunk])
-                stats["bytes_sent"] += min(chunk, size - offset)
+                counts.stats["bytes_sent"] += min(chunk, size - offset)
                 delay = start + (i + 1) * interval - loop.time()  # on schedule, not drifting
                 if delay > 0 and i + 1 < len(offsets):
                     await asyncio.sleep(delay)
             await resp.write_eof()
             return resp
-        finally:
-            stats["in_flight"] -= 1
-
-    async def get_stats(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"requests_total": paths.total(), "paths": dict(paths), **stats}, status=200
-        )
-
-    async def reset(request: web.Request) -> web.Response:
-        paths.clear()
-        stats["in_flight_max"] = stats["in_flight"]
-        stats["bytes_sent"] = 0
-        return await get_stats(request)
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(status=204)
 
     app = web.Application()
     app.router.add_route("GET", "/big/{name}", big)
-    app.router.add_route("GET", "/__stats", get_stats)
-    app.router.add_route("POST", "/__stats/reset", reset)
-    app.router.add_route("GET", "/healthz", healthz)
+    counts.add_routes(app)
     return app
 
 

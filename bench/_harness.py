@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import ctypes
 import http.client
 import json
+import math
 import os
 import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # loopback only, always
@@ -547,3 +551,54 @@ def phase(name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     print(f"    done in {time.perf_counter() - start:.1f}s", flush=True)
+
+
+def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    """Median (min-max) of the runs, or the one value."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    med, low, high = statistics.median(values), min(values), max(values)
+    if len(values) == 1 or low == high:
+        return fmt(med)
+    return f"{fmt(med)} ({fmt(low)}-{fmt(high)})"
+
+
+class OriginCounts:
+    """What a bench origin counts (requests per path, in flight now and at most, and any
+    `extra` counters), with the control routes every bench origin has: GET /__stats (JSON),
+    POST /__stats/reset, GET /healthz (204)."""
+
+    def __init__(self, **extra: int) -> None:
+        self.paths: collections.Counter[str] = collections.Counter()
+        self.extra = dict(extra)
+        self.stats = {"in_flight": 0, "in_flight_max": 0, **extra}
+
+    @contextlib.contextmanager
+    def request(self, path_qs: str) -> Iterator[None]:
+        """Count one request for its whole time in flight."""
+        self.paths[path_qs] += 1
+        self.stats["in_flight"] += 1
+        self.stats["in_flight_max"] = max(self.stats["in_flight_max"], self.stats["in_flight"])
+        try:
+            yield
+        finally:
+            self.stats["in_flight"] -= 1
+
+    def add_routes(self, app: web.Application) -> None:
+        async def get_stats(request: web.Request) -> web.Response:
+            total = self.paths.total()
+            return web.json_response({"requests_total": total, "paths": dict(self.paths),
+                                      **self.stats})
+
+        async def reset(request: web.Request) -> web.Response:
+            self.paths.clear()
+            self.stats.update(self.extra, in_flight_max=self.stats["in_flight"])
+            return await get_stats(request)
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(status=204)
+
+        app.router.add_route("GET", "/__stats", get_stats)
+        app.router.add_route("POST", "/__stats/reset", reset)
+        app.router.add_route("GET", "/healthz", healthz)

@@ -31,7 +31,6 @@ import asyncio
 import math
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import threading
@@ -529,17 +528,6 @@ async def run_large(
     )
 
 
-def _spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
-    """Median (min-max) of the runs, or the one value."""
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "-"
-    med, low, high = statistics.median(values), min(values), max(values)
-    if len(values) == 1 or low == high:
-        return fmt(med)
-    return f"{fmt(med)} ({fmt(low)}-{fmt(high)})"
-
-
 def _fmt_figure(title: str) -> Callable[[float], str]:
     if title.endswith(" ms"):
         return h.fmt_ms
@@ -628,7 +616,7 @@ def report_large(
         [
             title,
             *[
-                _spread([r.figures()[title] for r in runs], _fmt_figure(title))
+                h.spread([r.figures()[title] for r in runs], _fmt_figure(title))
                 for runs in results.values()
             ],
         ]

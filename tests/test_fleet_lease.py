@@ -17,7 +17,7 @@ from gateway.server import Gateway
 from tests.conftest import GatewayFactory, eventually
 from tests.echo_origin import echo_state
 from tests.redis_fixtures import redis_cluster, redis_server  # noqa: F401
-from tests.test_fleet import Backend, backend, get, start_fleet  # noqa: F401
+from tests.test_fleet import Backend, backend, get, start_fleet, stored_by  # noqa: F401
 from tests.test_gateway_http import origin_count, spec
 
 CACHED = "Cache-Control:max-age=60"
@@ -87,3 +87,24 @@ async def test_a_lease_whose_holder_died_is_taken_over_by_a_waiter(
 
 def _incoming(path: str) -> Incoming:
     return Incoming("GET", parse_target(path, "fleet.test", "http"), CIMultiDict(), None)
+
+
+async def test_a_fill_redis_does_not_take_releases_its_lease_at_once(
+    echo_origin: TestServer, make_gateway: GatewayFactory, http: aiohttp.ClientSession,
+    backend: Backend,  # noqa: F811
+) -> None:
+    # Nothing to keep in Redis: no freshness, no stale window, no grace, no keep_stale.
+    extra = f"redis: {{url: '{backend.url}', keep_stale: 0s{backend.extra}}}"
+    (a, gw_a), (b, gw_b) = [
+        await make_gateway(str(echo_origin.make_url("/")), top_extra=extra,
+                           cache_extra="bust_grace: 0s")
+        for _ in range(2)
+    ]
+    assert gw_b.member is not None
+    path = spec("/unkept", "Cache-Control:max-age=0", body="once")
+    first, _ = await get(http, a, path)
+    assert first.status == 200
+    await stored_by(gw_a, 1)  # its fill is over (in A's memory only)
+    second, _ = await get(http, b, path)
+    assert second.status == 200
+    assert gw_b.member.leases.waited == 0  # A let go of the lease: nothing to wait for

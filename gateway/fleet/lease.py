@@ -87,11 +87,21 @@ class Lease:
         self._renewal = asyncio.get_running_loop().create_task(self._renew())
 
     async def keep(self, entry: Entry) -> bool:
-        """Store the fill's entry in both tiers, in Redis only while the lease is ours."""
+        """Store the fill's entry in both tiers, in Redis only while the lease is ours. If
+        Redis did not take it, the lease is released at once: waiters must not wait for an
+        entry that will not come, nor new claimants for the lease to lapse."""
         self._stop()
-        stored = await self.leases.store.put(entry, (self.name, self.token))
-        await self.leases.notices.publish(self.name, "stored")
-        return stored
+        store = self.leases.store
+        kept = await store.l1.put(entry)
+        try:
+            shared = await store.l2.put(entry, (self.name, self.token))
+        except RedisUnavailable:
+            shared = False
+        if shared:
+            await self.leases.notices.publish(self.name, "stored")
+        else:
+            await self._release(b"")
+        return kept or shared
 
     def give_up(self, *, shareable: bool) -> None:
         """The fill will store nothing: `shareable` False marks the key `pass` for the whole

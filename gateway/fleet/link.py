@@ -93,6 +93,7 @@ class RedisLink:
         )
         self._slots = asyncio.Semaphore(cfg.max_connections)
         self.errors = 0
+        self.busy = 0  # commands not sent: max_connections in flight for `timeout`
         self.calls = 0
         self.seconds = 0.0  # time spent in commands, for the mean latency
         self._logged_at = -ERROR_LOG_INTERVAL
@@ -112,6 +113,7 @@ class RedisLink:
                 await self._slots.acquire()
         except TimeoutError:
             self.breaker.release_probe()
+            self.busy += 1
             raise RedisUnavailable("no free connection within the timeout") from None
         try:
             result = await call(self.data)
@@ -150,6 +152,7 @@ class RedisLink:
         return {
             "available": self.available,
             "errors": self.errors,
+            "busy": self.busy,
             "calls": self.calls,
             "mean_ms": round(1000 * self.seconds / self.calls, 3) if self.calls else 0.0,
         }

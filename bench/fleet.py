@@ -672,10 +672,12 @@ async def hot_keys(
 
 
 def _link(s: dict[str, Any]) -> tuple[int, int, float]:
-    """The redis link's commands, errors, and seconds spent in commands (from its mean)."""
+    """The redis link's commands, errors (failed, or not sent for want of a free connection:
+    `busy`), and seconds spent in commands (from its mean)."""
     link = fleet_of(s).get("redis", {})
     calls = int(link.get("calls", 0))
-    return calls, int(link.get("errors", 0)), calls * float(link.get("mean_ms", 0.0)) / 1000
+    errors = int(link.get("errors", 0)) + int(link.get("busy", 0))
+    return calls, errors, calls * float(link.get("mean_ms", 0.0)) / 1000
 
 
 async def hits(
@@ -759,7 +761,7 @@ async def hits(
         f" {memory_fill.per_cpu_second:.0f} per CPU-second ({memory_fill.describe()})\n"
         f"    L2 pre-fill through A: {fill.rps:.0f} req/s, {fill.per_cpu_second:.0f} per A"
         f" CPU-second, {(a_after[0] - a_before[0]) / requests:.1f} redis commands per fill,"
-        f" A's redis errors +{a_after[1] - a_before[1]} ({fill.describe()});"
+        f" A's redis errors or busy +{a_after[1] - a_before[1]} ({fill.describe()});"
         f" B's l2.hits +{l2_hits} for {requests} reads, redis errors +{e1 - e0}",
         flush=True,
     )

@@ -636,3 +636,36 @@ def test_config_issue_format() -> None:
     assert str(ConfigIssue("f.yaml", None, "", "gone")) == "f.yaml: gone"
     error = ConfigError([issue, ConfigIssue("f.yaml", 1, "a", "b")])
     assert str(error) == "config/bad.yaml:12: routes[0].origin: unknown origin 'x'\nf.yaml:1: a: b"
+
+
+# ---------------------------------------------------------------- the fleet
+
+
+def test_the_fleet_config_loads_and_takes_its_ports_and_redis_from_the_env() -> None:
+    env = {"GATEWAY_LISTEN": "127.0.0.1:8180", "REDIS_URL": "redis://127.0.0.1:6390/0"}
+    cfg = load_config(ROOT / "config" / "fleet.yaml", env=env)
+    assert cfg.listen == Listen("127.0.0.1", 8180)
+    assert cfg.redis is not None and cfg.redis.url == "redis://127.0.0.1:6390/0"
+    assert (cfg.redis.timeout, cfg.redis.lease, cfg.workers) == (0.1, 5.0, 1)
+
+
+def test_workers_without_redis_are_refused_saying_why(tmp_path: Path) -> None:
+    issues = errors(write(tmp_path, "workers: 2\n"))
+    assert located(issues) == [(1, "workers")]
+    assert "needs `redis:`" in issues[0].message
+
+
+@pytest.mark.parametrize(
+    ("redis", "field", "message"),
+    [
+        ("{url: 'http://127.0.0.1:6379'}", "redis.url", "redis://"),
+        ("{url: 'redis://127.0.0.1:6379', timeout: 0s}", "redis.timeout", "greater than 0"),
+        ("{url: 'redis://127.0.0.1:6379', prefix: 'a b'}", "redis.prefix", "pattern"),
+        ("{timeout: 1s}", "redis.url", "required"),
+    ],
+)
+def test_a_bad_redis_section_names_its_field(
+    tmp_path: Path, redis: str, field: str, message: str
+) -> None:
+    issues = errors(write(tmp_path, f"redis: {redis}\n"))
+    assert located(issues) == [(1, field)] and message in issues[0].message.lower()

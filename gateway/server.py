@@ -193,10 +193,13 @@ class Gateway:
         soft: bool = False,
     ) -> int:
         """Purge one tenant's entries by URL, prefix, tag, or all; soft marks them stale.
-        In a fleet the purge is recorded on the stream first (503 if it cannot be, so an
-        accepted purge is never lost), then done here and in Redis, then answered."""
+
+        In a fleet: Redis first, then the stream record, then this instance's memory, then the
+        answer. Redis before the record, so that no other instance, purging its memory on the
+        record, can copy the entry back from Redis meanwhile; the record before the answer,
+        so that an accepted purge is never lost (503 otherwise: purges are idempotent, the
+        caller retries). This instance's memory is purged whatever happened in Redis."""
         soft_at = self.clock() if soft else None
-        store = self.cache.store
         items: list[str] | str | None
         if urls is not None:
             kind, sites = "urls", await self._sites(tenant)
@@ -207,23 +210,28 @@ class Gateway:
             kind, items = "tags", tags
         else:
             kind, items = "namespace", None
-        if self.member is not None:
-            try:
-                await self.member.control.record(purge_event(tenant, kind, items, soft_at))
-            except RedisUnavailable as exc:
-                raise _fleet_unavailable("purge not recorded, nothing purged", exc) from None
+        shared = 0
         try:
-            count = await purge(store, tenant, kind, items, soft_at)
-        except RedisUnavailable as exc:
-            raise _fleet_unavailable("purge recorded but not finished in Redis", exc) from None
+            if self.member is not None:
+                try:
+                    shared = await purge(self.member.l2, tenant, kind, items, soft_at)
+                    await self.member.control.record(purge_event(tenant, kind, items, soft_at))
+                except RedisUnavailable as exc:
+                    raise _fleet_unavailable("purge not recorded for the fleet", exc) from None
+        finally:
+            count = max(shared, await purge(self.store, tenant, kind, items, soft_at))
         self.recorder.count(Outcome.SOFT_PURGED if soft else Outcome.PURGED, tenant, count)
         return count
 
     async def _sites(self, tenant: str) -> list[str]:
-        try:
-            return await self.cache.store.sites(tenant)
-        except RedisUnavailable as exc:
-            raise _fleet_unavailable("tenant's sites unreadable, nothing purged", exc) from None
+        """Every site the tenant's entries are on, here and (in a fleet) in Redis."""
+        sites = set(await self.store.sites(tenant))
+        if self.member is not None:
+            try:
+                sites.update(await self.member.l2.sites(tenant))
+            except RedisUnavailable as exc:
+                raise _fleet_unavailable("tenant's sites unreadable, nothing purged", exc) from None
+        return sorted(sites)
 
     def _normalised(self, url: str, sites: list[str]) -> list[str]:
         """A purge URL as stored: absolute as given, or a path on each of the tenant's sites;

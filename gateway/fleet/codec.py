@@ -25,6 +25,40 @@ def _flat(pairs: tuple[tuple[str, str], ...]) -> list[str]:
     return [item for pair in pairs for item in pair]
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _strings(value: object, *, pairs: bool = False) -> bool:
+    return (
+        isinstance(value, list)
+        and all(isinstance(v, str) for v in value)
+        and (not pairs or len(value) % 2 == 0)
+    )
+
+
+def _well_formed(
+    key: object, tenant: object, url: object, status: object, headers: object, body: object,
+    response_time: object, initial_age: object, fresh: object, etag: object,
+    last_modified: object, vary: object, tags: object, soft_generation: object,
+    stored_at: object, visible: object,
+) -> bool:
+    """Every field of the type an Entry holds: a value written by another version, or
+    corrupted, must be a miss, not an error on every later hit of the copy in memory."""
+    return (
+        all(isinstance(v, str) for v in (key, tenant, url))
+        and isinstance(status, int) and not isinstance(status, bool)
+        and isinstance(body, bytes)
+        and all(_number(v) for v in (response_time, initial_age, stored_at))
+        and isinstance(soft_generation, int) and not isinstance(soft_generation, bool)
+        and isinstance(fresh, list) and len(fresh) == 6
+        and all(_number(v) for v in fresh[:3]) and all(isinstance(v, bool) for v in fresh[3:])
+        and all(v is None or isinstance(v, str) for v in (etag, last_modified))
+        and _strings(headers, pairs=True) and _strings(visible, pairs=True)
+        and _strings(vary) and _strings(tags)
+    )
+
+
 def encode(entry: Entry) -> bytes:
     f = entry.freshness
     packed: bytes = msgpack.packb(
@@ -60,7 +94,10 @@ def decode(data: bytes) -> Entry | None:
             return None
         (_, key, tenant, url, status, headers, body, response_time, initial_age, fresh,
          etag, last_modified, vary, tags, soft_generation, stored_at, visible) = fields
-        if not (isinstance(key, str) and isinstance(body, bytes) and isinstance(status, int)):
+        if not _well_formed(
+            key, tenant, url, status, headers, body, response_time, initial_age, fresh, etag,
+            last_modified, vary, tags, soft_generation, stored_at, visible,
+        ):
             return None
         return Entry(
             key=key,

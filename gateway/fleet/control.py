@@ -56,10 +56,13 @@ local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'op', 'bust'
 return {id, value}
 """
 
-# KEYS: hard; ARGV: tenant, generation pairs. Raises counters found below what is known.
+# KEYS: hard, epoch; ARGV: the epoch counter's floor, then tenant, generation pairs. Raises
+# counters found below what this instance knows (never lowers one).
 _RAISE = """
-for i = 1, #ARGV, 2 do
-  local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if epoch < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], ARGV[1]) end
+for i = 2, #ARGV, 2 do
+  local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0
   if held < tonumber(ARGV[i + 1]) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 """
@@ -70,6 +73,15 @@ Event = dict[str, str]
 def _id(text: str) -> tuple[int, int]:
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    """`kind(value)`, or None for a value no version of the gateway wrote (logged)."""
+    try:
+        return kind(_text(value))
+    except ValueError:
+        log.error("unreadable value in redis ignored: %r", value)
+        return None
 
 
 def _text(value: Any) -> str:
@@ -150,16 +162,25 @@ class Control:
 
         soft = dict(zip(names, await self.link.run(soft_busts) if names else [], strict=True))
         known = dict(self.generations.hard)
+        held: dict[str, int] = {}
         for tenant, value in hard.items():
-            self.generations.raise_hard(_text(tenant), int(value))
+            number = _number(value, int)
+            if number is not None:
+                held[_text(tenant)] = number
+                self.generations.raise_hard(_text(tenant), number)
         for tenant, busts in soft.items():
             for bust in busts:
                 epoch, _, at = _text(bust).partition(" ")
-                self.generations.add_soft(tenant, int(epoch), float(at))
-        lower = [x for t, n in known.items() if n > int(hard.get(t.encode(), 0)) for x in (t, n)]
+                epoch_n, at_n = _number(epoch, int), _number(at, float)
+                if epoch_n is not None and at_n is not None:
+                    self.generations.add_soft(tenant, epoch_n, at_n)
+        lower = [x for t, n in known.items() if n > held.get(t, 0) for x in (t, n)]
         if lower:
             log.warning("redis held lower hard generations than this instance: raised back")
-            await self.link.run(lambda r: self._raise(keys=[k.hard], args=lower, client=r))
+        # The epoch counter too (a stamp is the counter + 1): soft busts after Redis lost its
+        # data would otherwise carry epochs below the stamps entries already have.
+        floor = [self.generations.epoch - 1, *lower]
+        await self.link.run(lambda r: self._raise(keys=[k.hard, k.epoch], args=floor, client=r))
         if self.last_id is None:
             self.last_id, self.position = tail
 
@@ -235,14 +256,18 @@ class Control:
         self.position += 1
         self.last_id = event_id
         self.lag = max(0.0, time.time() - _id(event_id)[0] / 1000)  # since Redis recorded it
-        if event.get("op") == "bust":
-            tenant, value = event["tenant"], int(event["value"])
-            if event.get("soft") == "1":
-                self.generations.add_soft(tenant, value, float(event["at"]))
-            else:
-                self.generations.raise_hard(tenant, value)
-        elif event.get("op") == "purge" and event.get("from") != self.instance:
-            await self.apply(event)
+        try:
+            if event.get("op") == "bust":
+                tenant, value = event["tenant"], int(event["value"])
+                if event.get("soft") == "1":
+                    self.generations.add_soft(tenant, value, float(event["at"]))
+                else:
+                    self.generations.raise_hard(tenant, value)
+            elif event.get("op") == "purge" and event.get("from") != self.instance:
+                await self.apply(event)
+        except (KeyError, ValueError, TypeError) as exc:  # one bad record stops nothing
+            log.error("purge stream event %s not understood, skipped: %r (%s)",
+                      event_id, event, exc)
 
 
 def purge_event(

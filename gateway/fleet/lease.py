@@ -12,7 +12,7 @@ and, when the lease was free, the key's entry as it is now (a holder may just ha
   for `pass_ttl`, so every instance goes to the origin in parallel at once, not one after the
   other), or `released` (the fill failed: one waiter takes over).
 - held by a token: another instance fills. Wait for its notice (`gateway.fleet.notices`), or
-  a capped, jittered re-check of Redis, at most `collapse_timeout`; then use the entry it
+  a capped, jittered re-check of Redis, at most half of `collapse_timeout`; then use the entry it
   stored, or take the lease if it was released or expired (its holder died), or give up and
   fetch without one.
 - held by `pass`: fetch without a lease.
@@ -24,7 +24,6 @@ fetch per instance, as before it existed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import secrets
 from collections.abc import Callable, Coroutine
@@ -33,7 +32,7 @@ from typing import Any
 
 from gateway.fleet import codec
 from gateway.fleet.keys import Keys, entry_field
-from gateway.fleet.link import RedisLink, RedisUnavailable
+from gateway.fleet.link import RedisLink, RedisUnavailable, cancelling
 from gateway.fleet.notices import Notices
 from gateway.key import vary_record_key
 from gateway.lookup import Lookup
@@ -50,8 +49,9 @@ RECHECK_MAX = 1.0  # the cap of its doubling interval
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
 if held then return {held, false} end
+local entry = redis.call('HGET', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {false, redis.call('HGET', KEYS[2], ARGV[3])}
+return {false, entry}
 """
 
 # KEYS: lease; ARGV: token, ms. Extend the lease if it is still this holder's.
@@ -97,6 +97,9 @@ class Lease:
             shared = await store.l2.put(entry, (self.name, self.token))
         except RedisUnavailable:
             shared = False
+        except BaseException:  # cancelled mid-write: let the lease go rather than lapse
+            self.leases.spawn(self._release(b""))
+            raise
         if shared:
             await self.leases.notices.publish(self.name, "stored")
         else:
@@ -120,11 +123,14 @@ class Lease:
         while True:
             await asyncio.sleep(ttl / 3000)
             # Failing, the lease may lapse: then another instance fills too, nothing worse.
-            with contextlib.suppress(RedisUnavailable):
+            try:
                 await link.run(
                     lambda r: self.leases.renew_script(keys=[self.name], args=[self.token, ttl],
                                                        client=r)
                 )
+            except RedisUnavailable:
+                if cancelling():
+                    raise
 
     async def _release(self, replacement: bytes) -> None:
         leases = self.leases
@@ -178,13 +184,15 @@ class Leases:
     async def claim(self, look: Lookup, newer_than: float | None) -> Claim:
         """The lease for the key, the entry another instance stored (newer than
         `newer_than`, the stale entry's response time, when revalidating), or None."""
-        if not self.link.available:
+        if not self.link.available or not self.store.ready():
             return None
         name = self.keys.lease(vary_record_key(look.tenant, look.url), look.key)
         token = secrets.token_hex(8)
         loop = asyncio.get_running_loop()
         now = self.loop_time or loop.time
-        deadline = now() + self.settings.collapse_timeout
+        # Half the collapse timeout: this process's own joiners wait the whole of it for this
+        # fill, and must still get its answer rather than each go to the origin on its own.
+        deadline = now() + self.settings.collapse_timeout / 2
         delay, waited = RECHECK_FIRST, False
         keys = [name, self.keys.entries(vary_record_key(look.tenant, look.url))]
         args = [token, self.ttl_ms, entry_field(look.key)]
@@ -229,12 +237,18 @@ class Leases:
                 return None
             delay = min(RECHECK_MAX, delay * 2)
 
+    async def stop(self) -> None:
+        """Releases still running end with the instance (their leases lapse by themselves)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def _landed(self, look: Lookup, raw: bytes | None, newer_than: float | None) -> Landed | None:
         """The key's entry as read from Redis, if another instance stored it (newer than the
         stale entry being revalidated)."""
         entry = None if raw is None else codec.decode(raw)
-        if entry is None or entry.key != look.key:
-            return None
+        if entry is None or entry.key != look.key or not self.store.current(entry):
+            return None  # absent, or what made this request miss: expired, soft-busted
         if newer_than is not None and entry.response_time <= newer_than:
             return None
         self.landed += 1

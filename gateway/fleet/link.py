@@ -115,6 +115,9 @@ class RedisLink:
             self.breaker.release_probe()
             self.busy += 1
             raise RedisUnavailable("no free connection within the timeout") from None
+        except BaseException:  # cancelled while waiting: a held probe would never end
+            self.breaker.release_probe()
+            raise
         try:
             result = await call(self.data)
         except ERRORS as exc:

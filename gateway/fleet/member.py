@@ -51,7 +51,7 @@ class Member:
         self.link = RedisLink(cfg)
         self.keys = Keys(cfg.prefix)
         self.l2 = RedisStore(self.link, self.keys, settings, clock, keep_stale=cfg.keep_stale)
-        self.store = TieredStore(memory, self.l2, current)
+        self.store = TieredStore(memory, self.l2, current, lambda: self.control.ready)
         self.notices = Notices(cfg, f"{cfg.prefix}:fills", self.link)
         self.leases = Leases(
             self.link, self.keys, self.notices, self.store, settings, ttl=cfg.lease
@@ -102,16 +102,18 @@ class Member:
             for task in stuck:
                 log.error("fleet task %s did not stop within %.0f s", task.get_name(), STOP_WAIT)
         self._tasks.clear()
+        await self.leases.stop()
+        await self.store.stop()
         await self.notices.close()
         await self.link.close()
 
     async def _apply(self, event: Event) -> None:
         """A purge another instance took, on this L1 (L2 was purged by the one that took it)."""
-        soft_at = float(event["soft_at"]) if event.get("soft_at") else None
         try:
+            soft_at = float(event["soft_at"]) if event.get("soft_at") else None
             items = json.loads(event.get("items", "null"))
             await purge(self.memory, event["tenant"], event["kind"], items, soft_at)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             log.error("purge event not understood, ignored: %s (%s)", event, exc)
 
     async def _flush(self, reason: str) -> None:

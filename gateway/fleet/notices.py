@@ -85,7 +85,9 @@ class Notices:
                     message = await pubsub.get_message(timeout=POLL)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
-                        self.deliver(data.decode() if isinstance(data, bytes) else str(data))
+                        self.deliver(
+                            data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+                        )
             except (RedisError, OSError) as exc:
                 if cancelling():
                     raise

@@ -5,9 +5,12 @@ Vary record, and a second hash holds when each variant may be dropped; both expi
 URL's last variant. Redis evicting a URL's hash under memory pressure therefore drops the URL
 whole, never a variant a purge would then miss. Purging a URL is deleting its two keys.
 
-Each tenant has indexes, kept without a TTL (so a `volatile-*` eviction policy never drops
-them and a purge by prefix, tag or tenant always finds its URLs), trimmed of expired URLs on
-every write: its URLs in order (prefix ranges), their expiry, the URLs of each tag, its sites.
+Each tenant has indexes, which purges by prefix, tag or tenant read: its URLs in order
+(prefix ranges), their expiry, the URLs of each tag, its sites. Every write trims expired URLs
+from them, and each index key expires with the longest-lived URL it holds, so tenants that
+come and go (a tenant may be a query parameter) leave nothing behind. Under memory pressure a
+`volatile-*` policy evicts the least recently used keys first; an active tenant's indexes are
+written with each of its fills, so its entries go before them.
 
 How long an entry stays: what the policy could still serve it for (freshness left, then the
 largest of its stale windows and the bust grace), plus `keep_stale` for revalidation with its
@@ -21,6 +24,7 @@ turns into a miss.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +32,7 @@ import msgpack
 
 from gateway.fleet import codec
 from gateway.fleet.keys import VARY_FIELD, Keys, entry_field, expiry_field
-from gateway.fleet.link import Client, RedisLink
+from gateway.fleet.link import Client, RedisLink, RedisUnavailable
 from gateway.key import vary_record_key, vary_record_key_of
 from gateway.settings import CacheSettings
 from gateway.store import Entry, site_of, url_prefixes
@@ -37,26 +41,31 @@ PURGE_BATCH = 500  # URLs read from an index and deleted per round trip
 TRIM_PER_WRITE = 64  # expired URLs a write removes from its tenant's indexes
 VARY_TTL_MS = 86_400_000  # a Vary record alone (no entry yet) lives a day
 
+# Time inside the scripts is Redis's own (TIME), so instances with skewed clocks agree on
+# when anything expires.
+
 # A variant written (KEYS: entries hash, expiry hash, lease; ARGV: entry field, value, expiry
-# field, expires at ms, now ms, lease token or ""). With a token, written only while the lease
-# holds it (memcache's lease commit), and the lease is then released. Variants whose time is
-# up are dropped, and both hashes expire with the last one left (or the Vary record's day).
+# field, ms to keep it, lease token or ""). With a token, written only while the lease holds
+# it (memcache's lease commit), and the lease is then released. Variants whose time is up are
+# dropped, and both hashes expire with the last variant left (a Vary record alone had a day).
 _WRITE = """
-if ARGV[6] ~= '' then
-  if redis.call('GET', KEYS[3]) ~= ARGV[6] then return 0 end
+if ARGV[5] ~= '' then
+  if redis.call('GET', KEYS[3]) ~= ARGV[5] then return 0 end
   redis.call('DEL', KEYS[3])
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = now + tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-local now = tonumber(ARGV[5])
-local last = tonumber(ARGV[4])
-local left = redis.call('PTTL', KEYS[1])
-if left > 0 and now + left > last then last = now + left end
+redis.call('HSET', KEYS[2], ARGV[3], last)
 local times = redis.call('HGETALL', KEYS[2])
 for i = 1, #times, 2 do
-  if tonumber(times[i + 1]) <= now then
+  local at = tonumber(times[i + 1]) or 0
+  if at <= now then
     redis.call('HDEL', KEYS[2], times[i])
     redis.call('HDEL', KEYS[1], 'e:' .. string.sub(times[i], 3))
+  elseif at > last then
+    last = at
   end
 end
 redis.call('PEXPIREAT', KEYS[1], last)
@@ -65,20 +74,30 @@ return 1
 """
 
 # A URL indexed for its tenant (KEYS: urls, expiries, sites, then one key per tag; ARGV: url,
-# expires at ms, now ms, site, how many), and that many expired URLs unindexed.
+# ms to keep it, site, how many to trim): up to that many expired URLs are unindexed, and each
+# index key lives as long as the longest-lived URL it indexes, so a tenant that stops writing
+# leaves nothing behind.
 _INDEX = """
-redis.call('ZADD', KEYS[1], 0, ARGV[1])
-redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[4])
-for i = 4, #KEYS do
-  redis.call('ZADD', KEYS[i], 'GT', ARGV[2], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep = tonumber(ARGV[2])
+local expires = now + keep
+local function last_as_long(key)
+  if redis.call('PTTL', key) < keep then redis.call('PEXPIRE', key, keep) end
 end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, ARGV[5])
+redis.call('ZADD', KEYS[1], 0, ARGV[1])
+redis.call('ZADD', KEYS[2], 'GT', expires, ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+for i = 4, #KEYS do
+  redis.call('ZADD', KEYS[i], 'GT', expires, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, ARGV[4])
 for _, url in ipairs(gone) do
   redis.call('ZREM', KEYS[1], url)
   redis.call('ZREM', KEYS[2], url)
 end
+for i = 1, #KEYS do last_as_long(KEYS[i]) end
 return #gone
 """
 
@@ -139,22 +158,32 @@ class RedisStore:
         keep = keep_for(entry, now, self.settings.bust_grace, self.keep_stale)
         if keep <= 0:
             return False
-        expires = int((now + keep) * 1000)
+        keep_ms = int(keep * 1000)
         url_key = vary_record_key(entry.tenant, entry.url)
         lease_key, token = lease or (self.keys.lease(url_key, entry.key), "")
         keys = [self.keys.entries(url_key), self.keys.entries(url_key) + "x", lease_key]
-        args = [entry_field(entry.key), codec.encode(entry), expiry_field(entry.key), expires,
-                int(now * 1000), token]
+        args = [entry_field(entry.key), codec.encode(entry), expiry_field(entry.key), keep_ms,
+                token]
         tenant = entry.tenant
         index_keys = [self.keys.urls(tenant), self.keys.expiries(tenant), self.keys.sites(tenant)]
         index_keys += [self.keys.tag(tenant, tag) for tag in entry.tags]
-        index_args = [entry.url, expires, int(now * 1000), site_of(entry.url), TRIM_PER_WRITE]
+        index_args = [entry.url, keep_ms, site_of(entry.url), TRIM_PER_WRITE]
         # Two slots, so two scripts, sent together: a URL indexed for a write the lease then
-        # refused costs nothing (the index is trimmed when its time is up).
-        written, _ = await asyncio.gather(
+        # refused costs nothing (the index is trimmed when its time is up), but an entry
+        # written without its index would escape purges by prefix, tag and tenant: undone.
+        outcomes: tuple[Any, Any] = await asyncio.gather(
             self.link.run(lambda r: self._write(keys=keys, args=args, client=r)),
             self.link.run(lambda r: self._index(keys=index_keys, args=index_args, client=r)),
+            return_exceptions=True,
         )
+        written, indexed = outcomes
+        if isinstance(written, BaseException):
+            raise written
+        if isinstance(indexed, BaseException):
+            if written:
+                with contextlib.suppress(RedisUnavailable):
+                    await self.delete(entry.key)
+            raise indexed
         return bool(written)
 
     async def delete(self, key: str) -> bool:
@@ -174,7 +203,9 @@ class RedisStore:
             names = msgpack.unpackb(raw)
         except (ValueError, msgpack.UnpackException):
             return None
-        return tuple(names) if isinstance(names, list) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return None  # not a record this version wrote: as if there were none
+        return tuple(names)
 
     async def set_vary(self, primary_key: str, names: tuple[str, ...]) -> None:
         keys, packed = [self.keys.entries(primary_key)], msgpack.packb(list(names))
@@ -208,7 +239,8 @@ class RedisStore:
             name = self.keys.tag(tenant, tag)
             found = await self._read("zrange", name, 0, -1)
             count += await self._purge_urls(tenant, [u.decode() for u in found])
-            await self._read("delete", name)
+            if found:  # only what was read: a URL indexed meanwhile keeps its tag
+                await self._read("zrem", name, *found)
         return count
 
     async def purge_tenant(self, tenant: str, soft_at: float | None = None) -> int:

@@ -23,17 +23,26 @@ log = logging.getLogger("gateway.store")
 
 
 class TieredStore:
-    def __init__(self, l1: MemoryStore, l2: RedisStore, current: Callable[[Entry], bool]) -> None:
+    def __init__(
+        self,
+        l1: MemoryStore,
+        l2: RedisStore,
+        current: Callable[[Entry], bool],
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.l1 = l1
         self.l2 = l2
         self.current = current  # may this L1 entry be answered without asking L2?
+        # Has this instance loaded the fleet's generations? Until then its keys may carry
+        # generations older than Redis's, and L2 could answer them with busted entries.
+        self.ready = ready
         self.l2_hits = 0
         self.l2_misses = 0
         self._background: set[asyncio.Task[None]] = set()
 
     async def get(self, key: str) -> Entry | None:
         entry = await self.l1.get(key)
-        if entry is not None and self.current(entry):
+        if (entry is not None and self.current(entry)) or not self.ready():
             return entry
         try:
             shared = await self.l2.get(key)
@@ -50,6 +59,8 @@ class TieredStore:
         """Both tiers; with `lease`, L2 only while the lease is held (see `RedisStore.put`).
         True when either tier kept it."""
         kept = await self.l1.put(entry)
+        if not self.ready():
+            return kept
         try:
             return await self.l2.put(entry, lease) or kept
         except RedisUnavailable:
@@ -64,7 +75,7 @@ class TieredStore:
 
     async def get_vary(self, primary_key: str) -> tuple[str, ...] | None:
         names = await self.l1.get_vary(primary_key)
-        if names is not None:
+        if names is not None or not self.ready():
             return names
         try:
             names = await self.l2.get_vary(primary_key)
@@ -81,6 +92,12 @@ class TieredStore:
         task = asyncio.get_running_loop().create_task(self._share_vary(primary_key, names))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def stop(self) -> None:
+        """Background writes end with the instance (the link closes right after)."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _share_vary(self, primary_key: str, names: tuple[str, ...]) -> None:
         with contextlib.suppress(RedisUnavailable):

@@ -183,6 +183,20 @@ class Stack:
                     print(service.log_tail(), file=sys.stderr)
         self.close()
 
+    def stop(self, service: Service) -> float:
+        """Stop one child now (SIGTERM, SIGKILL after STOP_TIMEOUT); seconds it took to exit."""
+        start = time.perf_counter()
+        if service.proc.poll() is None:
+            service.proc.terminate()
+            try:
+                service.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                service.proc.kill()
+                service.proc.wait(STOP_TIMEOUT)
+        if service in self.services:
+            self.services.remove(service)
+        return time.perf_counter() - start
+
     def close(self) -> None:
         """Stop every child (newest first, so the gateway goes before its origin)."""
         for service in reversed(self.services):

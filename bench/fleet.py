@@ -164,21 +164,6 @@ def spawn_gateway(
     return service
 
 
-def stop_service(stack: h.Stack, service: h.Service) -> float:
-    """SIGTERM (SIGKILL after the harness's grace); how long it took to exit."""
-    start = time.perf_counter()
-    if service.proc.poll() is None:
-        service.proc.terminate()
-        try:
-            service.proc.wait(h.STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            service.proc.kill()
-            service.proc.wait(h.STOP_TIMEOUT)
-    if service in stack.services:
-        stack.services.remove(service)
-    return time.perf_counter() - start
-
-
 def _redis_ping(port: int) -> bool:
     try:
         with socket.create_connection((h.HOST, port), timeout=0.5) as sock:
@@ -926,8 +911,8 @@ async def run_once(
         with h.phase(f"{label}: mixed load {args.kill_seconds:g} s, redis SIGKILLed halfway"):
             await redis_kill(figures, origin, fleet, redis, args.kill_seconds, tag)
     finally:
-        stops = [stop_service(stack, svc) for svc in fleet]
-        stop_service(stack, redis)
+        stops = [stack.stop(svc) for svc in fleet]
+        stack.stop(redis)
     figures.add(KILL, f"{args.kill_seconds:g} s, {KILL_LOOPS} loops",
                 "fleet instance stop (SIGTERM) after, max s", max(stops))
 

@@ -466,18 +466,6 @@ def spawn_gateway(stack: h.Stack, origin: h.Service, max_object_mib: int, tag: s
     return service
 
 
-def stop_service(stack: h.Stack, service: h.Service) -> None:
-    """Stop one child now (SIGTERM, then SIGKILL after the harness's grace)."""
-    if service.proc.poll() is None:
-        service.proc.terminate()
-        try:
-            service.proc.wait(h.STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            service.proc.kill()
-            service.proc.wait(h.STOP_TIMEOUT)
-    stack.services.remove(service)
-
-
 async def wait_origin_idle(session: aiohttp.ClientSession, origin: h.Service) -> None:
     """Bounded: the next run must not share the origin's loop with the last one's sends."""
     deadline = time.monotonic() + IDLE_WAIT
@@ -511,7 +499,7 @@ async def run_large(
                     warm = await big_burst(session, gateway.url + url_path, args.large_clients)
                 warm_peak = warm_rss.peak
     finally:
-        stop_service(stack, gateway)
+        stack.stop(gateway)
     return LargeRun(
         samples=samples,
         size=args.large_mib * MIB,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import resource
@@ -28,8 +29,26 @@ log = logging.getLogger("gateway")
 LOG_FORMAT = "%(asctime)s %(name)s {tag}%(message)s"
 
 
+class CannotListen(Exception):
+    """A listen address is taken or not ours: one line for the operator, not a traceback."""
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("edge-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown (not installed)"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="gateway", description="Edge cache gateway")
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Edge cache gateway",
+        epilog="admin commands, against a running gateway's admin listener: "
+        + ", ".join(cli.COMMANDS)
+        + " (python -m gateway COMMAND --help)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--config", required=True, help="YAML routing file")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument("--log-level", default="INFO")
@@ -82,7 +101,10 @@ async def serve(config: GatewayConfig, role: Role | None = None) -> None:
                 runner, host, port, reuse_address=True, reuse_port=role.worker or None,
                 backlog=config.listen_backlog,
             )
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}") from None
             log.info("listening on http://%s:%d", host, port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         run = uvloop.run
     try:
         run(serve(config, role))
+    except CannotListen as exc:
+        if role.worker:
+            log.error("%s", exc)  # in the machine's log, tagged
+        else:
+            print(f"{args.config}: {exc}", file=sys.stderr)
+        return 1
     except Exception:
         if not role.worker:
             raise

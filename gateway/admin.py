@@ -177,7 +177,7 @@ async def reload(request: web.Request) -> web.Response:
     authorize(who, GLOBAL)
     gateway = _gateway(request)
     try:
-        gateway.reload()
+        fixed = gateway.reload()
     except ConfigError as exc:
         issues = [
             {"file": i.file, "line": i.line, "field": i.field, "message": i.message}
@@ -191,6 +191,8 @@ async def reload(request: web.Request) -> web.Response:
     answer: dict[str, object] = {
         "reloaded": True, "source": config.source_path, "routes": len(config.routes)
     }
+    if fixed:
+        answer["restart_needed"] = fixed  # changed in the file, not in the running gateway
     if gateway.reload_all is not None:  # one of several workers: the others reload too
         gateway.reload_all()
         answer["workers"] = config.workers

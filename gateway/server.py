@@ -32,6 +32,11 @@ log = logging.getLogger("gateway")
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 RETIRE_AFTER = 60.0  # seconds a replaced origin client keeps serving requests in flight
+# Read when the listeners, the connection limits and the fleet are set up: a reload keeps them.
+RESTART_ONLY = (
+    "listen", "listen_backlog", "max_connections", "client_header_timeout",
+    "keepalive_timeout", "redis", "workers",
+)
 LINGERING = 5.0  # seconds an unread request body is drained after the answer
 
 
@@ -71,6 +76,7 @@ class Gateway:
         worker: int = 0,
     ) -> None:
         self.config = config
+        self.started_with = config  # RESTART_ONLY settings keep these values until a restart
         self.clock = clock  # the one wall clock: cache decisions, origin times, purges, busts
         self.router = Router(config)
         self.recorder = Recorder(named_tenants(config))
@@ -147,14 +153,16 @@ class Gateway:
         if self.member is not None:
             await self.member.stop()
 
-    def reload(self) -> None:
+    def reload(self) -> list[str]:
         """Re-read the routing file; on ConfigError the running config stays as it was.
-        Listen addresses are fixed at start; everything else takes effect for new requests."""
+        Returns the settings that changed but take effect only at the next restart."""
         if self.config.source_path is None:
             raise ConfigError([ConfigIssue("<none>", None, "", "config was not read from a file")])
-        self.apply(load_config(self.config.source_path))
+        return self.apply(load_config(self.config.source_path))
 
-    def apply(self, config: GatewayConfig) -> None:
+    def apply(self, config: GatewayConfig) -> list[str]:
+        """Take `config` for new requests; returns the settings fixed at start that it
+        changes (listeners, connection limits, the fleet), which keep their old values."""
         old = self.config
         upstreams = dict(self.upstreams)
         for name, cfg in config.origins.items():
@@ -175,13 +183,19 @@ class Gateway:
         self.cache.settings.update(c)
         self.cache.generations.cache_bust = c.cache_bust
         self.recorder.name_tenants(named_tenants(config))
-        if (config.redis, config.workers) != (old.redis, old.workers):
-            log.warning("redis and workers changes take effect at the next restart")
+        started = self.started_with  # what the listeners and the fleet really run with
+        fixed = [n for n in RESTART_ONLY if getattr(config, n) != getattr(started, n)]
+        if config.admin.listen != started.admin.listen:
+            fixed.append("admin.listen")
+        if fixed:
+            log.warning("config reloaded, but these take effect at the next restart only: %s",
+                        ", ".join(fixed))
         for upstream in retired:  # requests in flight on them finish first
             task = asyncio.get_running_loop().create_task(_close_later(upstream))
             self._retiring[task] = upstream
             task.add_done_callback(lambda t: self._retiring.pop(t, None))
         log.info("config reloaded from %s: %d routes", config.source_path, len(config.routes))
+        return fixed
 
     async def purge(
         self,

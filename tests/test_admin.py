@@ -353,3 +353,19 @@ async def test_reload_that_changes_key_rules_applies_to_urls_seen_before(
     config_file.write_text(config_file.read_text().replace(ignoring, rule))
     assert (await admin.call("/admin/reload", {}))[0] == 200
     assert await admin.x_cache(tracked) == "MISS"  # now it is, also for a URL seen before
+
+
+async def test_a_reload_that_changes_what_is_fixed_at_start_says_so(
+    admin: Admin, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "gateway.yaml"
+    text = config_file.read_text()
+    assert "listen: 127.0.0.1:0\n" in text
+    config_file.write_text(text.replace("listen: 127.0.0.1:0\n", "listen: 127.0.0.1:1\n", 1))
+    status, answer = await admin.call("/admin/reload", {})
+    assert status == 200 and answer["restart_needed"] == ["listen"]
+    status, answer = await admin.call("/admin/reload", {})  # the rest did take effect
+    assert status == 200 and answer["restart_needed"] == ["listen"]
+    config_file.write_text(text)
+    status, answer = await admin.call("/admin/reload", {})
+    assert status == 200 and "restart_needed" not in answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -151,3 +152,25 @@ def test_admin_client_purges_busts_shows_stats_and_reports_refusals(running: Run
     code, out = running.cli("reload")
     assert (code, out.strip()) == (0, f"reloaded {running.config}: 1 routes")
     assert running.cache_status().startswith("edge3;")
+
+
+def test_version_and_help_name_the_gateway_and_its_admin_commands() -> None:
+    shown = run_module("gateway", "--version")
+    assert shown.returncode == 0 and shown.stdout.startswith("gateway ")
+    helped = run_module("gateway", "--help")
+    assert helped.returncode == 0
+    assert all(command in helped.stdout for command in ("purge", "bust", "stats", "reload"))
+
+
+def test_a_busy_port_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gw.yaml"
+        config.write_text(f"listen: 127.0.0.1:{port}\norigins:\n  o: {{url: 'http://127.0.0.1:1'}}\n"
+                          "routes:\n  - {name: r, origin: o}\n")
+        done = run_module("gateway", "--config", str(config))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"{config}: cannot listen on 127.0.0.1:{port}" in done.stderr

@@ -41,10 +41,13 @@ def analyse(
     refusal = policy.storable(
         "GET", status, req_headers, resp_headers, rules, client_no_cache, directives
     )
+    age = policy.initial_age(resp_headers, request_time, response_time)
     return Analysis(
         refusal=refusal,
-        freshness=policy.freshness(status, resp_headers, response_time, rules, directives),
-        initial_age=policy.initial_age(resp_headers, request_time, response_time),
+        freshness=policy.freshness(
+            status, resp_headers, response_time, rules, directives, age=age
+        ),
+        initial_age=age,
         vary=policy.vary_names(resp_headers) or (),
         strip=policy.strip_fields(resp_headers, rules),
         consumed=directives.consumed,

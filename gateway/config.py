@@ -408,6 +408,20 @@ class RouteCacheConfig(_Model):
     max_stale_while_revalidate: Duration | None = None
     max_stale_if_error: Duration | None = None
     keep_tags: bool = False
+    # Lifetime for storable responses without explicit expiration (nginx proxy_cache_valid): the
+    # operator's heuristic (RFC 9111 4.2.2); explicit s-maxage / max-age / Expires still win.
+    default_ttl: Duration | None = None
+    # Lifetime for every storable response, whatever the origin says (Varnish beresp.ttl): a
+    # deliberate departure from RFC 9111 4.2.1. Never makes storable what RFC 9111 3 refuses.
+    override_ttl: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_ttl(self) -> Self:
+        if self.default_ttl is not None and self.override_ttl is not None:
+            raise ValueError(
+                "set default_ttl or override_ttl, not both: override_ttl sets every lifetime"
+            )
+        return self
 
     @field_validator("forward_headers")
     @classmethod

@@ -58,6 +58,9 @@ class RouteRules:
     targeted_fields: tuple[str, ...] = ("cdn-cache-control", "surrogate-control")
     # The defaults above apply even where s-maxage implies proxy-revalidate (CDN-style grace).
     stale_overrides_origin: bool = False
+    # Operator lifetimes, counted from when the response arrived (see `route_ttl`):
+    default_ttl: float | None = None  # without explicit expiration (nginx proxy_cache_valid)
+    override_ttl: float | None = None  # whatever the origin says (Varnish beresp.ttl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +135,18 @@ class Directives:
         """Unqualified private (an empty list counts as unqualified, to stay on the safe side)."""
         return "private" in self.cc and not field_names(self.cc["private"])
 
-    def explicit(self, resp_headers: Headers) -> bool:
-        """Does the response carry explicit freshness or `public` (RFC 9111 3, 4.2.1)?"""
+    def expiration(self, resp_headers: Headers) -> bool:
+        """Does the response carry an explicit expiration time (RFC 9111 4.2.1): a targeted
+        max-age / s-maxage (RFC 9213), else s-maxage, max-age or Expires? `public` is not one."""
         if self.surrogate is not None and "max-age" in self.surrogate:
             return True
-        if self.cc.keys() & {"s-maxage", "max-age", "public"}:
+        if self.cc.keys() & {"s-maxage", "max-age"}:
             return True
         return not self.targeted and bool(_all(resp_headers, "Expires"))
+
+    def explicit(self, resp_headers: Headers) -> bool:
+        """Does the response carry explicit freshness or `public` (RFC 9111 3, 4.2.1)?"""
+        return "public" in self.cc or self.expiration(resp_headers)
 
 
 def _all(headers: Headers, name: str) -> list[str]:
@@ -236,7 +244,10 @@ def storable(method: str, status: int, req_headers: Headers, resp_headers: Heade
     "vary-star", "set-cookie", "no-freshness". Cache-Control private / no-store are ignored when a
     CDN-Cache-Control field wins (RFC 9213 2.2); Surrogate-Control only overrides the lifetime.
     A response with no explicit freshness and no validator is refused as "no-freshness": it
-    could never be reused (heuristic freshness needs Last-Modified, which is a validator).
+    could never be reused (heuristic freshness needs Last-Modified, which is a validator),
+    unless the route assigns it a positive TTL (`route_ttl`). A route TTL never lifts any other
+    refusal: no-store, private, Authorization, a status neither heuristically cacheable nor
+    explicitly fresh, and so on stay refused (RFC 9111 3).
     """
     if method.upper() not in ("GET", "HEAD"):
         return "method"
@@ -262,8 +273,32 @@ def storable(method: str, status: int, req_headers: Headers, resp_headers: Heade
     explicit = d.explicit(resp_headers)
     if not explicit and status not in HEURISTIC_STATUSES:
         return "status"  # RFC 9111 3: neither heuristically cacheable nor explicitly fresh
-    if not explicit and not (_all(resp_headers, "ETag") or _all(resp_headers, "Last-Modified")):
-        return "no-freshness"
+    validator = bool(_all(resp_headers, "ETag") or _all(resp_headers, "Last-Modified"))
+    if not (explicit or validator or (route_ttl(status, resp_headers, rules, d) or 0.0) > 0):
+        return "no-freshness"  # a route TTL gives it a lifetime of its own
+    return None
+
+
+def route_ttl(status: int, resp_headers: Headers, rules: RouteRules,
+              directives: Directives | None = None) -> float | None:
+    """The lifetime the route assigns instead of the origin's, or None to keep RFC 9111 4.2.1.
+
+    `override_ttl` (Varnish's beresp.ttl) applies to every response: it deliberately departs from
+    RFC 9111 4.2.1, where a cache MUST use s-maxage / max-age / Expires. `default_ttl` (nginx's
+    proxy_cache_valid) applies only without explicit expiration (`Directives.expiration`), to the
+    statuses a heuristic may cover (heuristically cacheable ones, or any marked `public`): it is
+    the operator's explicit choice of heuristic freshness (RFC 9111 4.2.2), and wins over the
+    Last-Modified fraction. Neither decides whether a response may be stored (`storable`).
+    """
+    if rules.override_ttl is not None:
+        return max(0.0, rules.override_ttl)
+    if rules.default_ttl is None:
+        return None
+    d = directives or effective(resp_headers, rules)
+    if d.expiration(resp_headers):
+        return None
+    if status in HEURISTIC_STATUSES or "public" in d.cc:
+        return max(0.0, rules.default_ttl)
     return None
 
 
@@ -308,9 +343,18 @@ def _window(value: str | None, present: bool, cap: float | None, default: float,
 
 
 def freshness(status: int, resp_headers: Headers, response_time: float,
-              rules: RouteRules, directives: Directives | None = None) -> Freshness:
+              rules: RouteRules, directives: Directives | None = None, *,
+              age: float = 0.0) -> Freshness:
     """Lifetime from CDN-Cache-Control > Surrogate-Control > s-maxage > max-age > Expires >
     heuristic (only if the route enables it), plus the RFC 5861 windows.
+
+    A route's `override_ttl`, or its `default_ttl` where no explicit expiration came
+    (`route_ttl`), replaces that lifetime. Such a TTL counts from when the response arrived:
+    the lifetime is the TTL plus `age`, the response's corrected_initial_age (RFC 9111 4.2.3),
+    so the Age served stays the true age and Cache-Status ttl= (RFC 9211 2.5) starts at the
+    TTL. Only the lifetime changes: no-cache still means validating before every reuse (RFC
+    9111 5.2.2.4), and must-revalidate / proxy-revalidate (also implied by s-maxage) still
+    forbid serving stale.
 
     An explicit must-revalidate / proxy-revalidate / no-cache / no-store forbids serving stale
     (RFC 9111 4.2.4): both windows are 0, whatever the origin or the route asked for. s-maxage
@@ -324,8 +368,13 @@ def freshness(status: int, resp_headers: Headers, response_time: float,
     default_swr, default_sie = (0.0, 0.0) if implied else (rules.default_swr, rules.default_sie)
     swr = "stale-while-revalidate"
     sie = "stale-if-error"
+    ttl = route_ttl(status, resp_headers, rules, d)
+    if ttl is None:
+        lifetime = _lifetime(status, resp_headers, response_time, rules, d)
+    else:
+        lifetime = ttl + max(0.0, age)
     return Freshness(
-        lifetime=_lifetime(status, resp_headers, response_time, rules, d),
+        lifetime=lifetime,
         swr=_window(d.cc.get(swr), swr in d.cc, rules.max_swr, default_swr, forbidden),
         sie=_window(d.cc.get(sie), sie in d.cc, rules.max_sie, default_sie, forbidden),
         must_revalidate=d.must_revalidate,

@@ -57,6 +57,8 @@ def compile_route(cfg: RouteConfig) -> Route:
         max_swr=c.max_stale_while_revalidate,
         max_sie=c.max_stale_if_error,
         stale_overrides_origin=c.stale_overrides_origin,
+        default_ttl=c.default_ttl,
+        override_ttl=c.override_ttl,
     )
     methods = frozenset(m.upper() for m in cfg.match.methods) if cfg.match.methods else None
     host = cfg.match.host.lower()

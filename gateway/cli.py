@@ -93,9 +93,11 @@ def describe(command: str, answer: dict[str, Any]) -> str:
         how = "marked stale" if answer.get("soft") else "removed"
         return f"tenant {answer.get('tenant')}: {answer.get('purged')} entries {how}"
     if command == "bust":
+        last = answer.get("last_soft_bust")
         return (
-            f"tenant {answer.get('tenant')}: {answer.get('busted')} bust; generation"
-            f" hard={answer.get('hard')} soft={answer.get('soft')}"
+            f"tenant {answer.get('tenant')}: {answer.get('busted')} bust done; hard busts so far:"
+            f" {answer.get('hard')}, soft busts: {answer.get('soft')}"
+            + (f" (latest at {last})" if last else "")
         )
     if command == "reload":
         return f"reloaded {answer.get('source')}: {answer.get('routes')} routes"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 GLOBAL = "*"
 # Soft busts remembered per scope. An entry stamped before the oldest one kept counts as stale
@@ -72,10 +73,20 @@ class Generations:
         self.epoch = max(self.epoch, epoch)
 
     def describe(self, tenant: str) -> dict[str, object]:
-        busts = self.soft.get(tenant)
+        """What an operator reads of a tenant's busts: how many hard ones (its generation),
+        how many soft ones (the last SOFT_BUSTS_KEPT), when the latest soft one was, and the
+        key part in use. The soft-bust epoch is the fleet's internal counter, shown apart."""
+        busts = self.soft.get(tenant, [])
+        last = busts[-1] if busts else None
         return {
             "tenant": tenant,
             "hard": self.hard.get(tenant, 0),
-            "soft": busts[-1].epoch if busts else 0,
+            "soft": len(busts),
+            "last_soft_bust": None if last is None else _iso(last.at),
             "key": self.key_part(tenant),
+            "epoch": self.epoch,
         }
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

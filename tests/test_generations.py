@@ -20,11 +20,17 @@ def test_a_new_generations_keys_on_the_config_cache_bust_and_zero_generations() 
     assert gens.key_part("a") == "t2.0.0"
 
 
+def shown(described: dict[str, object]) -> dict[str, object]:
+    """The parts of `describe` these tests are about."""
+    return {k: described[k] for k in ("tenant", "hard", "soft", "key")}
+
+
 def test_a_hard_bust_of_a_tenant_changes_only_that_tenants_keys() -> None:
     gens = Generations("t1")
     epoch = gens.epoch
     result = gens.bump("a", soft=False, now=100.0)
-    assert result == {"tenant": "a", "hard": 1, "soft": 0, "key": "t1.0.1", "busted": "hard"}
+    assert shown(result) == {"tenant": "a", "hard": 1, "soft": 0, "key": "t1.0.1"}
+    assert result["busted"] == "hard"
     assert gens.key_part("a") == "t1.0.1"
     assert gens.key_part("b") == "t1.0.0"
     gens.bump("a", soft=False, now=101.0)
@@ -38,7 +44,7 @@ def test_a_global_hard_bust_changes_every_tenants_keys() -> None:
     gens = Generations("t1")
     gens.bump("a", soft=False, now=100.0)
     result = gens.bump(GLOBAL, soft=False, now=101.0)
-    assert result == {"tenant": "*", "hard": 1, "soft": 0, "key": "t1.1.1", "busted": "hard"}
+    assert shown(result) == {"tenant": "*", "hard": 1, "soft": 0, "key": "t1.1.1"}
     assert gens.key_part("a") == "t1.1.1"
     assert gens.key_part("b") == "t1.1.0"
     assert gens.key_part("never-seen") == "t1.1.0"
@@ -48,8 +54,8 @@ def test_a_soft_bust_keeps_keys_and_makes_older_stamps_stale_from_its_time() -> 
     gens = Generations("t1")
     before = gens.epoch  # a fill that started before the bust stamps this
     result = gens.bump("a", soft=True, now=100.0)
-    assert result == {"tenant": "a", "hard": 0, "soft": before + 1, "key": "t1.0.0",
-                      "busted": "soft"}
+    assert shown(result) == {"tenant": "a", "hard": 0, "soft": 1, "key": "t1.0.0"}
+    assert (result["busted"], result["epoch"]) == ("soft", before + 1)
     assert gens.epoch == before + 1
     assert gens.key_part("a") == "t1.0.0"  # still reachable: served stale, then refreshed
     assert gens.stale_since("a", before) == 100.0
@@ -81,13 +87,14 @@ def test_a_tenant_bust_before_a_global_one_still_dates_the_tenants_older_entries
 
 def test_describe_reports_a_tenants_generations_and_key() -> None:
     gens = Generations("t1")
-    assert gens.describe("a") == {"tenant": "a", "hard": 0, "soft": 0, "key": "t1.0.0"}
+    assert shown(gens.describe("a")) == {"tenant": "a", "hard": 0, "soft": 0, "key": "t1.0.0"}
     gens.bump("a", soft=False, now=1.0)
     gens.bump("a", soft=True, now=2.0)
     gens.bump(GLOBAL, soft=True, now=3.0)
-    assert gens.describe("a") == {"tenant": "a", "hard": 1, "soft": 2, "key": "t1.0.1"}
-    assert gens.describe(GLOBAL) == {"tenant": "*", "hard": 0, "soft": 3, "key": "t1.0.0"}
-    assert gens.describe("b") == {"tenant": "b", "hard": 0, "soft": 0, "key": "t1.0.0"}
+    assert shown(gens.describe("a")) == {"tenant": "a", "hard": 1, "soft": 1, "key": "t1.0.1"}
+    assert shown(gens.describe(GLOBAL)) == {"tenant": "*", "hard": 0, "soft": 1,
+                                           "key": "t1.0.0"}
+    assert shown(gens.describe("b")) == {"tenant": "b", "hard": 0, "soft": 0, "key": "t1.0.0"}
 
 
 def test_a_second_soft_bust_does_not_move_when_older_entries_became_stale() -> None:
@@ -204,3 +211,14 @@ def test_soft_busts_kept_per_scope_are_bounded_and_the_oldest_kept_stands_in() -
         gens.bump("a", soft=True, now=float(i))
     assert len(gens.soft["a"]) == SOFT_BUSTS_KEPT
     assert gens.stale_since("a", stamp) == 36.0  # the oldest bust still remembered
+
+
+def test_what_an_operator_reads_of_busts_is_counts_and_a_time_not_the_epoch() -> None:
+    generations = Generations("1")
+    generations.bump("p1", soft=False, now=0.0)
+    generations.bump("*", soft=True, now=10.0)  # another scope moves the shared epoch
+    described = generations.bump("p1", soft=True, now=1_796_126_400.0)
+    assert described == {
+        "tenant": "p1", "hard": 1, "soft": 1, "last_soft_bust": "2026-12-01T12:00:00Z",
+        "key": "1.0.1", "epoch": 3, "busted": "soft",
+    }

@@ -67,9 +67,11 @@ class Cache:
             look.vary_on(await self.store.get_vary(vary_record_key(look.tenant, look.url)) or ())
             reply = await self._serve_key(look)
             if reply is not None:
+                reply.tenant = look.tenant
                 return reply
         reply = await self._fetch(look, None, "uri-miss", alone=True)
         assert reply is not None  # a fill of this request's own always answers it
+        reply.tenant = look.tenant
         return reply
 
     async def _serve_key(self, look: Lookup) -> Reply | None:

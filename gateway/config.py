@@ -464,10 +464,17 @@ class GatewayConfig(_Model):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     redis: RedisConfig | None = None
     workers: int = Field(default=1, ge=1, le=256)  # processes sharing the listen ports
+    # One line per public request on stdout: JSON, nginx's combined (+ cache status), or none.
+    access_log: Literal["json", "combined", "off"] = "json"
     origins: dict[str, OriginConfig] = Field(default_factory=dict)
     tenants: dict[TenantName, TenantConfig] = Field(default_factory=dict)
     routes: list[RouteConfig] = Field(default_factory=list)
     source_path: str | None = None
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _access_log_off(cls, value: object) -> object:
+        return "off" if value is False else value  # `access_log: false` reads as off
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> Self:

@@ -43,8 +43,14 @@ class StreamCut(Exception):
 
 @dataclass(slots=True)
 class Reply:
-    """What the listener writes: status, headers and a body in memory or streamed."""
+    """What the listener writes: status, headers and a body in memory or streamed. The last
+    three are for the access log: the tenant (set on the cache path), the origin's time to
+    the response head when this request fetched it alone (pass, bypass), and the body bytes
+    `proxy.write` sent of a streamed body."""
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes | Body = b""
+    tenant: str | None = None
+    origin_time: float | None = None
+    sent: int = 0

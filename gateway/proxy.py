@@ -96,7 +96,8 @@ async def _stall_guarded(content: StreamReader, idle: float) -> AsyncIterator[by
 
 
 async def write(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
-    """Send a reply; HEAD, 204 and 304 carry no body (Content-Length of the full body kept)."""
+    """Send a reply; HEAD, 204 and 304 carry no body (Content-Length of the full body kept).
+    The bytes of a streamed body handed to the transport are counted in `reply.sent`."""
     headers = reply.headers  # aiohttp copies them into its own CIMultiDict once
     bodyless = request.method == "HEAD" or reply.status in NO_BODY_STATUSES
     if isinstance(reply.body, bytes):
@@ -110,6 +111,7 @@ async def write(request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
         if not bodyless:
             async for chunk in stream:
                 await resp.write(chunk)
+                reply.sent += len(chunk)
         await resp.write_eof()
         return resp
     except (ConnectionError, OSError, OriginError, StreamCut) as exc:

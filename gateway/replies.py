@@ -147,7 +147,7 @@ class Replies:
         length = resp.headers.get("Content-Length")
         if length is not None:
             headers.append(("Content-Length", length))
-        return Reply(resp.status, headers, resp)
+        return Reply(resp.status, headers, resp, origin_time=resp.waited)
 
     def origin_error(self, exc: OriginError, fwd: str) -> Reply:
         """The clean JSON 502/503/504 (or 408) for an origin failure, saying what failed."""

@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.access_log import FORMATTERS, AccessRecord, LineWriter, reply_fields
 from gateway.cache import Cache
 from gateway.canonical import BadRequest, absolute_target, keyed_url, parse_target
 from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
+from gateway.exchange import Reply
 from gateway.fleet.census import Census
 from gateway.fleet.control import purge_event
 from gateway.fleet.link import RedisUnavailable
@@ -21,8 +23,8 @@ from gateway.generations import Generations
 from gateway.listener import ClientLimits, PublicServer
 from gateway.outcomes import Outcome, Recorder
 from gateway.plan import soft_stale_since
-from gateway.proxy import forward, incoming, write
-from gateway.router import Router
+from gateway.proxy import NO_BODY_STATUSES, forward, incoming, write
+from gateway.router import Route, Router
 from gateway.settings import CacheSettings
 from gateway.store import Entry, Store, purge
 from gateway.store.memory import MemoryStore
@@ -38,6 +40,7 @@ RESTART_ONLY = (
     "keepalive_timeout", "redis", "workers",
 )
 LINGERING = 5.0  # seconds an unread request body is drained after the answer
+CLIENT_CLOSED = 499  # logged (nginx's code) for a request whose client went away first
 
 
 def json_response(
@@ -121,6 +124,10 @@ class Gateway:
             )
         # Set by a worker of `workers: N`: have the supervisor reload every worker.
         self.reload_all: Callable[[], None] | None = None
+        # The access log: None when `access_log: off` (then `respond` does nothing more).
+        self.access_format: Callable[[AccessRecord], str] | None = None
+        self.access_writer: LineWriter | None = None
+        self._access_log(config.access_log, start=False)
 
     def now(self) -> float:
         """`clock()`, looked up each time so that tests can move time for every part at once."""
@@ -134,7 +141,17 @@ class Gateway:
             and soft_stale_since(entry, self.cache.generations) is None
         )
 
+    def _access_log(self, mode: str, *, start: bool) -> None:
+        """Log as `mode` from now on; the writer thread, once made, stays until `stop`."""
+        self.access_format = FORMATTERS.get(mode)
+        if self.access_format is not None and self.access_writer is None:
+            self.access_writer = LineWriter()
+            if start:
+                self.access_writer.start()
+
     async def start(self) -> None:
+        if self.access_writer is not None:
+            self.access_writer.start()
         for upstream in self.upstreams.values():
             upstream.open()
         if self.member is not None:
@@ -152,6 +169,8 @@ class Gateway:
             await self.census.stop()  # before the member closes the link it writes on
         if self.member is not None:
             await self.member.stop()
+        if self.access_writer is not None:
+            self.access_writer.close()  # what is queued is written (up to a second)
 
     def reload(self) -> list[str]:
         """Re-read the routing file; on ConfigError the running config stays as it was.
@@ -183,6 +202,7 @@ class Gateway:
         self.cache.settings.update(c)
         self.cache.generations.cache_bust = c.cache_bust
         self.recorder.name_tenants(named_tenants(config))
+        self._access_log(config.access_log, start=True)
         started = self.started_with  # what the listeners and the fleet really run with
         fixed = [n for n in RESTART_ONLY if getattr(config, n) != getattr(started, n)]
         if config.admin.listen != started.admin.listen:
@@ -277,12 +297,95 @@ class Gateway:
 
     async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
         """The public listener's handler: `handle`, with errors answered as JSON."""
+        formatter = self.access_format
+        if formatter is not None:
+            return await self._respond_logged(request, formatter)
         try:
             return await self.handle(request)
         except Exception as exc:
             return error_response(request, exc)
 
+    async def _respond_logged(
+        self, request: web.BaseRequest, formatter: Callable[[AccessRecord], str]
+    ) -> web.StreamResponse:
+        """`respond`, and one access log line from what the answer already holds."""
+        loop = asyncio.get_running_loop()
+        started, at = loop.time(), self.clock()
+        route: Route | None = None
+        reply: Reply | None = None
+        try:
+            try:
+                route, answer = await self._answer(request)
+                if isinstance(answer, Reply):
+                    reply = answer
+                    response = await write(request, answer)
+                else:
+                    response = answer
+            except Exception as exc:
+                response = error_response(request, exc)
+        except asyncio.CancelledError:  # the client went away: nginx's 499
+            self._log_access(
+                request, formatter, at, loop.time() - started, route, reply, None
+            )
+            raise
+        self._log_access(request, formatter, at, loop.time() - started, route, reply, response)
+        return response
+
+    def _log_access(
+        self,
+        request: web.BaseRequest,
+        formatter: Callable[[AccessRecord], str],
+        at: float,
+        duration: float,
+        route: Route | None,
+        reply: Reply | None,
+        response: web.StreamResponse | None,
+    ) -> None:
+        """Queue the line for an answered (or, with no `response`, abandoned) request."""
+        writer = self.access_writer
+        if writer is None:
+            return
+        sent: int | None
+        if response is None:
+            status = CLIENT_CLOSED
+            sent = None if reply is None or isinstance(reply.body, bytes) else reply.sent
+        else:
+            status = response.status
+            if request.method == "HEAD" or status in NO_BODY_STATUSES:
+                sent = 0
+            elif isinstance(response, web.Response):  # body in memory (an unprepared Response)
+                sent = response.content_length
+            else:
+                sent = reply.sent if reply is not None else None
+        x_cache, collapsed = reply_fields(reply) if reply is not None else (None, False)
+        headers = request.headers
+        version = request.version
+        record = AccessRecord(
+            time=at,
+            method=request.method,
+            host=headers.get("Host"),
+            path=request.raw_path,
+            status=status,
+            bytes=sent,
+            duration=duration,
+            cache=x_cache,
+            tenant=None if reply is None else reply.tenant,
+            route=None if route is None else route.name,
+            origin_time=None if reply is None else reply.origin_time,
+            collapsed=collapsed,
+            client=request.remote,
+            protocol=f"HTTP/{version.major}.{version.minor}",
+            referer=headers.get("Referer"),
+            user_agent=headers.get("User-Agent"),
+        )
+        writer.put(formatter(record))
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        _, answer = await self._answer(request)
+        return await write(request, answer) if isinstance(answer, Reply) else answer
+
+    async def _answer(self, request: web.BaseRequest) -> tuple[Route | None, Reply | web.Response]:
+        """The route the request matched, and its reply (or the gateway's own answer)."""
         coding = request.headers.get("Transfer-Encoding")
         if coding is not None and coding.strip().lower() != "chunked":
             # RFC 9112 6.1: a transfer coding the gateway does not implement is a 501; the
@@ -291,15 +394,13 @@ class Gateway:
         req = incoming(request)
         route = self.router.match(req.target.hostname, req.target.path, request.method)
         if route is None:
-            return json_response(404, {"error": "no route matches", "path": req.target.path})
+            return None, json_response(404, {"error": "no route matches", "path": req.target.path})
         if route.cached and request.method in ("GET", "HEAD"):
             if request.body_exists:  # its key cannot hold the body: never forward one half
                 raise BadRequest(f"a {request.method} with a body is refused on a cached route")
-            reply = await self.cache.serve(req, route)
-        else:
-            idle = self.config.client_body_timeout
-            reply = await forward(request, req, route, self.cache, body_timeout=idle)
-        return await write(request, reply)
+            return route, await self.cache.serve(req, route)
+        idle = self.config.client_body_timeout
+        return route, await forward(request, req, route, self.cache, body_timeout=idle)
 
     def stats(self) -> dict[str, object]:
         store = self.store.stats()

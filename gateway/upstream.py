@@ -95,6 +95,7 @@ class OriginResponse:
     response_time: float
     origin: str = "origin"
     deadline: TransferDeadline = field(default_factory=lambda: TransferDeadline(None))
+    waited: float = 0.0  # seconds (event loop clock) from sending the request to its head
     status: int = field(init=False)
     headers: CIMultiDict[str] = field(init=False)
     _closed: bool = field(default=False)
@@ -257,7 +258,9 @@ class Upstream:
         deadline = TransferDeadline(
             total, float(self.cfg.min_transfer_rate), self.cfg.min_rate_grace
         )
-        return OriginResponse(resp, budget, request_time, self.clock(), self.name, deadline)
+        return OriginResponse(
+            resp, budget, request_time, self.clock(), self.name, deadline, waited=waited
+        )
 
     async def _send(
         self,

@@ -9,10 +9,10 @@ when the pipe is full (a slow log shipper, a stopped `less`), and a blocking wri
 event loop would stall every request of the process. The handler only formats the line and
 appends it to a list, handed to the thread in batches (`LineWriter`); one daemon thread writes
 them. When QUEUE_LINES lines wait already, more are dropped and counted in
-`LineWriter.dropped`: the log falls behind, requests never wait for it. The stream is `sys.stdout` as it is when the writer starts (in a test,
-pytest's capture of it). A batch is at most PIPE_BUF bytes (unless one line is longer),
-written and flushed at once, so that the workers of `workers: N`, sharing one stdout pipe, do
-not interleave their lines mid-line.
+`LineWriter.dropped`: the log falls behind, requests never wait for it. The stream is
+`sys.stdout` as it is when the writer starts (in a test, pytest's capture of it). A batch is
+at most PIPE_BUF bytes (unless one line is longer), written and flushed at once, so that the
+workers of `workers: N`, sharing one stdout pipe, do not interleave their lines mid-line.
 """
 
 from __future__ import annotations

@@ -259,13 +259,10 @@ class Gateway:
 
     async def _sites(self, tenant: str) -> list[str]:
         """Every site the tenant's entries are on, here and (in a fleet) in Redis."""
-        sites = set(await self.store.sites(tenant))
-        if self.member is not None:
-            try:
-                sites.update(await self.member.l2.sites(tenant))
-            except RedisUnavailable as exc:
-                raise _fleet_unavailable("tenant's sites unreadable, nothing purged", exc) from None
-        return sorted(sites)
+        try:
+            return await self.cache.store.sites(tenant)
+        except RedisUnavailable as exc:
+            raise _fleet_unavailable("tenant's sites unreadable, nothing purged", exc) from None
 
     def _normalised(self, url: str, sites: list[str]) -> list[str]:
         """A purge URL as stored: absolute as given, or a path on each of the tenant's sites;

@@ -3,8 +3,9 @@
 A current L1 entry (fresh, not soft-busted or soft-purged) is answered without touching Redis:
 that is nearly every hit. Otherwise L2 is asked, and an entry it holds that is newer than L1's
 is promoted into L1 (so an entry another instance refreshed replaces a stale local copy). A
-fill writes both. Redis failing is a miss on L2, never an error, except for purges: a purge
-that did not reach L2 raises `RedisUnavailable`, so the admin API can say it was not done.
+fill writes both. Redis failing is a miss on L2, never an error, except for purges (and the
+sites purges by path read): those raise `RedisUnavailable`, so the admin API can say it was
+not done.
 """
 
 from __future__ import annotations
@@ -123,9 +124,7 @@ class TieredStore:
         return max(shared, await self.l1.purge_url(tenant, url, soft_at))
 
     async def sites(self, tenant: str) -> list[str]:
+        """Both tiers' sites; RedisUnavailable, like a purge, since what it serves is purges
+        by path: a partial list would purge some sites and answer as if it had done all."""
         local = await self.l1.sites(tenant)
-        try:
-            shared = await self.l2.sites(tenant)
-        except RedisUnavailable:
-            return local
-        return sorted({*local, *shared})
+        return sorted({*local, *await self.l2.sites(tenant)})

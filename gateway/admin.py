@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gateway.canonical import BadRequest, parse_target
 from gateway.config import AdminToken, ConfigError, describe_error, valid_name
 from gateway.generations import GLOBAL
+from gateway.metrics import CONTENT_TYPE
 from gateway.router import DEFAULT_TENANT
 from gateway.server import GATEWAY_KEY, Gateway, JsonError, errors_as_json, json_response
 
@@ -223,6 +224,18 @@ async def stats(request: web.Request) -> web.Response:
     return json_response(200, full)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus' scrape: the whole machine's metrics, every worker's (gateway/metrics.py)."""
+    gateway = _gateway(request)
+    secret = gateway.config.admin.metrics_token
+    if secret is not None:
+        authenticate(request, [AdminToken(name="metrics", token=secret)])
+    text = await gateway.exporter.render_async()
+    return web.Response(
+        body=text, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"}
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response(200, {"status": "ok"})
 
@@ -231,6 +244,7 @@ def admin_app(gateway: Gateway) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY)
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/stats", stats)
     app.router.add_post("/admin/purge", purge)
     app.router.add_post("/admin/bust", bust)

@@ -48,6 +48,13 @@ class Breaker:
         self.probing = True
         return True
 
+    def refusing(self, now: float) -> bool:
+        """Would a request be refused now? Open within `reset`, or half-open with its probe
+        out. An open breaker that nothing has asked since `reset` passed is not refusing: the
+        next request will be its probe (so a worker that no longer sees traffic for the origin
+        does not report it cut off forever)."""
+        return self.opened_at is not None and (self.probing or now - self.opened_at < self.reset)
+
     def release_probe(self) -> None:
         """The probe never got an answer (refused by a budget, cancelled): let another try."""
         self.probing = False

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+QUEUE_FULL = "queue_full"  # `max_queue` callers already waited: refused at once
+QUEUE_TIMEOUT = "queue_timeout"  # waited `max_wait` for a slot in vain
+
 
 class Budget:
     """A concurrency cap with a bounded queue and a bounded wait: excess load fails fast."""
@@ -15,6 +18,7 @@ class Budget:
         self.in_use = 0
         self.in_use_max = 0
         self.rejected = 0
+        self.refusal = ""  # why the last refused `acquire` was: QUEUE_FULL or QUEUE_TIMEOUT
         self._sem = asyncio.Semaphore(limit)
         self._queued = 0
 
@@ -25,20 +29,28 @@ class Budget:
             await self._sem.acquire()  # a free slot is taken without yielding to the loop
         else:
             if self._queued >= self.max_queue:
-                self.rejected += 1
-                return False
+                return self._refuse(QUEUE_FULL)
             self._queued += 1
             try:
                 async with asyncio.timeout(self.max_wait):
                     await self._sem.acquire()
             except TimeoutError:
-                self.rejected += 1
-                return False
+                return self._refuse(QUEUE_TIMEOUT)
             finally:
                 self._queued -= 1
         self.in_use += 1
         self.in_use_max = max(self.in_use_max, self.in_use)
         return True
+
+    def _refuse(self, why: str) -> bool:
+        self.rejected += 1
+        self.refusal = why
+        return False
+
+    @property
+    def queued(self) -> int:
+        """Callers waiting for a slot now."""
+        return self._queued
 
     def release(self) -> None:
         self.in_use -= 1

@@ -200,6 +200,9 @@ class AdminConfig(_Model):
 
     listen: ListenAddress | None = None
     tokens: list[AdminToken] = Field(default_factory=list)
+    # Bearer token a Prometheus scrape of /metrics must bear; none: /metrics is open (like
+    # /healthz), which is fine on a listener only the monitoring network reaches.
+    metrics_token: NonEmpty | None = Field(default=None, repr=False)
 
     @field_validator("tokens")
     @classmethod

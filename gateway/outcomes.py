@@ -61,6 +61,10 @@ class Recorder:
         """The tenants with series of their own (from the config; again on reload)."""
         self.named = frozenset(tenants) | {DEFAULT_TENANT}
 
+    def label(self, tenant: str) -> str:
+        """The series a tenant is counted under: its own if the config names it, else `other`."""
+        return tenant if tenant in self.named else OTHER
+
     def count(self, outcome: Outcome, tenant: str | None, n: int = 1) -> None:
         """Count `outcome` in the totals and, unless `tenant` is None, for the tenant."""
         self.totals[outcome] += n
@@ -68,7 +72,7 @@ class Recorder:
             return
         bucket = self.by_tenant.get(tenant)  # a named tenant's, once it has counted anything
         if bucket is None:
-            label = tenant if tenant in self.named else OTHER
+            label = self.label(tenant)
             bucket = self.by_tenant.get(label)
             if bucket is None:
                 bucket = self.by_tenant[label] = Counter()

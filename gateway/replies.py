@@ -22,6 +22,10 @@ from gateway.upstream import OriginError, OriginResponse
 
 Fields = Sequence[tuple[str, str]]
 
+# Cache-Status `fwd` values of requests the cache does not serve (an uncached route or method):
+# their errors say X-Cache: BYPASS, as their answers do, not MISS.
+NOT_CACHED = frozenset({"bypass", "method"})
+
 # The fields a bodiless answer about the stored response keeps (304, 416).
 _NOT_MODIFIED_FIELDS = frozenset(
     {"cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified", "via"}
@@ -172,7 +176,7 @@ class Replies:
             ("Content-Type", "application/json"),
             ("Cache-Control", "no-store"),
             ("Cache-Status", status_field),
-            ("X-Cache", "MISS"),
+            ("X-Cache", "BYPASS" if fwd in NOT_CACHED else "MISS"),
         ]
         if retry_after is not None:
             headers.append(("Retry-After", str(max(1, round(retry_after)))))

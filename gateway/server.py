@@ -21,6 +21,7 @@ from gateway.fleet.link import RedisUnavailable
 from gateway.fleet.member import Member
 from gateway.generations import Generations
 from gateway.listener import ClientLimits, PublicServer
+from gateway.metrics import Exporter, Meter, Sample
 from gateway.outcomes import Outcome, Recorder
 from gateway.plan import soft_stale_since
 from gateway.proxy import NO_BODY_STATUSES, forward, incoming, write
@@ -41,6 +42,12 @@ RESTART_ONLY = (
 )
 LINGERING = 5.0  # seconds an unread request body is drained after the answer
 CLIENT_CLOSED = 499  # logged (nginx's code) for a request whose client went away first
+# Metric keys (gateway/metrics.py): label values that are not names from the config.
+EVICTIONS = "gateway_cache_evictions_total"
+NO_ROUTE = "none"
+ANSWERED_BY_GATEWAY = "NONE"  # cache_status of the gateway's own answers (no X-Cache)
+FROM_CACHE = frozenset({"HIT", "UPDATING", "STALE"})  # the `hit` requests of the histogram
+STATUS_CLASSES = tuple(f"{n}xx" for n in range(10))
 
 
 def json_response(
@@ -83,14 +90,16 @@ class Gateway:
         self.clock = clock  # the one wall clock: cache decisions, origin times, purges, busts
         self.router = Router(config)
         self.recorder = Recorder(named_tenants(config))
+        self.meter = Meter()  # what /metrics shows beyond the recorder's counts
         self.store = MemoryStore(  # this process's tier (L1 when there is a fleet)
             config.cache.memory.max_bytes,
             config.cache.memory.max_object_bytes,
             tenant_quota=config.tenant_quota,
-            on_evict=lambda entry: self.recorder.count(Outcome.EVICTION, entry.tenant),
+            on_evict=self._evicted,
         )
         self.upstreams = {
-            name: Upstream(name, cfg, self.now) for name, cfg in config.origins.items()
+            name: Upstream(name, cfg, self.now, self.meter)
+            for name, cfg in config.origins.items()
         }
         self._retiring: dict[asyncio.Task[None], Upstream] = {}
         settings = CacheSettings.of(config.cache)
@@ -105,6 +114,7 @@ class Gateway:
                 settings=settings,
                 clock=self.now,
                 current=self._current,
+                meter=self.meter,
             )
             store = self.member.store
         self.cache = Cache(
@@ -128,6 +138,7 @@ class Gateway:
         self.access_format: Callable[[AccessRecord], str] | None = None
         self.access_writer: LineWriter | None = None
         self._access_log(config.access_log, start=False)
+        self.exporter = Exporter(self.meter, self.gauges, self.counted)
 
     def now(self) -> float:
         """`clock()`, looked up each time so that tests can move time for every part at once."""
@@ -152,6 +163,7 @@ class Gateway:
     async def start(self) -> None:
         if self.access_writer is not None:
             self.access_writer.start()
+        self.exporter.start()
         for upstream in self.upstreams.values():
             upstream.open()
         if self.member is not None:
@@ -169,6 +181,7 @@ class Gateway:
             await self.census.stop()  # before the member closes the link it writes on
         if self.member is not None:
             await self.member.stop()
+        await self.exporter.stop()
         if self.access_writer is not None:
             self.access_writer.close()  # what is queued is written (up to a second)
 
@@ -186,7 +199,7 @@ class Gateway:
         upstreams = dict(self.upstreams)
         for name, cfg in config.origins.items():
             if name not in upstreams or old.origins.get(name) != cfg:
-                upstreams[name] = Upstream(name, cfg, self.now)
+                upstreams[name] = Upstream(name, cfg, self.now, self.meter)
                 upstreams[name].open()
         retired = [u for n, u in self.upstreams.items() if upstreams.get(n) is not u]
         for name in set(upstreams) - set(config.origins):
@@ -237,7 +250,7 @@ class Gateway:
         items: list[str] | str | None
         if urls is not None:
             kind, sites = "urls", await self._sites(tenant)
-            items = [full for url in urls for full in self._normalised(url, sites)]
+            items = [full for url in urls for full in self.normalised(url, sites)]
         elif prefix is not None:
             kind, items = "prefix", prefix
         elif tags is not None:
@@ -264,7 +277,7 @@ class Gateway:
         except RedisUnavailable as exc:
             raise _fleet_unavailable("tenant's sites unreadable, nothing purged", exc) from None
 
-    def _normalised(self, url: str, sites: list[str]) -> list[str]:
+    def normalised(self, url: str, sites: list[str]) -> list[str]:
         """A purge URL as stored: absolute as given, or a path on each of the tenant's sites;
         keyed exactly as a request for it would be (BadRequest if no request could be)."""
         if url.startswith("/"):
@@ -293,19 +306,8 @@ class Gateway:
         return result
 
     async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The public listener's handler: `handle`, with errors answered as JSON."""
-        formatter = self.access_format
-        if formatter is not None:
-            return await self._respond_logged(request, formatter)
-        try:
-            return await self.handle(request)
-        except Exception as exc:
-            return error_response(request, exc)
-
-    async def _respond_logged(
-        self, request: web.BaseRequest, formatter: Callable[[AccessRecord], str]
-    ) -> web.StreamResponse:
-        """`respond`, and one access log line from what the answer already holds."""
+        """The public listener's handler: the answer (errors as JSON), then what it is counted
+        and logged as."""
         loop = asyncio.get_running_loop()
         started, at = loop.time(), self.clock()
         route: Route | None = None
@@ -321,40 +323,43 @@ class Gateway:
             except Exception as exc:
                 response = error_response(request, exc)
         except asyncio.CancelledError:  # the client went away: nginx's 499
-            self._log_access(
-                request, formatter, at, loop.time() - started, route, reply, None
-            )
+            self._answered(request, at, loop.time() - started, route, reply, None)
             raise
-        self._log_access(request, formatter, at, loop.time() - started, route, reply, response)
+        self._answered(request, at, loop.time() - started, route, reply, response)
         return response
 
-    def _log_access(
+    def _answered(
         self,
         request: web.BaseRequest,
-        formatter: Callable[[AccessRecord], str],
         at: float,
         duration: float,
         route: Route | None,
         reply: Reply | None,
         response: web.StreamResponse | None,
     ) -> None:
-        """Queue the line for an answered (or, with no `response`, abandoned) request."""
-        writer = self.access_writer
-        if writer is None:
+        """Count an answered (or, with no `response`, abandoned) request, and log it."""
+        x_cache, collapsed = reply_fields(reply) if reply is not None else (None, False)
+        status = CLIENT_CLOSED if response is None else response.status
+        route_name = NO_ROUTE if route is None else route.name
+        cache = x_cache or ANSWERED_BY_GATEWAY
+        tenant = reply.tenant if reply is not None else None
+        if tenant is not None:
+            tenant = self.recorder.label(tenant)
+        self.meter.answered(
+            route_name, cache, STATUS_CLASSES[status // 100], tenant, cache in FROM_CACHE, duration
+        )
+        formatter = self.access_format
+        if formatter is None or self.access_writer is None:
             return
         sent: int | None
         if response is None:
-            status = CLIENT_CLOSED
             sent = None if reply is None or isinstance(reply.body, bytes) else reply.sent
+        elif request.method == "HEAD" or status in NO_BODY_STATUSES:
+            sent = 0
+        elif isinstance(response, web.Response):  # body in memory (an unprepared Response)
+            sent = response.content_length
         else:
-            status = response.status
-            if request.method == "HEAD" or status in NO_BODY_STATUSES:
-                sent = 0
-            elif isinstance(response, web.Response):  # body in memory (an unprepared Response)
-                sent = response.content_length
-            else:
-                sent = reply.sent if reply is not None else None
-        x_cache, collapsed = reply_fields(reply) if reply is not None else (None, False)
+            sent = reply.sent if reply is not None else None
         headers = request.headers
         version = request.version
         record = AccessRecord(
@@ -375,11 +380,7 @@ class Gateway:
             referer=headers.get("Referer"),
             user_agent=headers.get("User-Agent"),
         )
-        writer.put(formatter(record))
-
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        _, answer = await self._answer(request)
-        return await write(request, answer) if isinstance(answer, Reply) else answer
+        self.access_writer.put(formatter(record))
 
     async def _answer(self, request: web.BaseRequest) -> tuple[Route | None, Reply | web.Response]:
         """The route the request matched, and its reply (or the gateway's own answer)."""
@@ -398,6 +399,49 @@ class Gateway:
             return route, await self.cache.serve(req, route)
         idle = self.config.client_body_timeout
         return route, await forward(request, req, route, self.cache, body_timeout=idle)
+
+    def _evicted(self, entry: Entry, why: str) -> None:
+        self.recorder.count(Outcome.EVICTION, entry.tenant)
+        self.meter.count((EVICTIONS, self.recorder.label(entry.tenant), why))
+
+    def counted(self) -> dict[tuple[str, ...], int]:
+        """The recorder's running totals that /metrics shows, by metric key."""
+        totals = self.recorder.totals
+        return {
+            ("gateway_collapsed_total",):
+                totals[Outcome.COLLAPSED] + totals[Outcome.FLEET_COLLAPSED],
+            ("gateway_background_refreshes_total",): totals[Outcome.BACKGROUND_REFRESH],
+        }
+
+    def gauges(self) -> list[Sample]:
+        """The gauges of /metrics, now: origins' load and breakers, what the memory tier holds
+        (per tenant under the recorder's bounded labels), and the fleet's state."""
+        out = []
+        now = self.clock()
+        for name, upstream in self.upstreams.items():
+            fg, bg = upstream.foreground, upstream.background
+            out += [
+                Sample("gateway_origin_in_flight", (name,), fg.in_use + bg.in_use),
+                Sample("gateway_origin_concurrency_limit", (name,), fg.limit),
+                Sample("gateway_origin_queue", (name,), fg.queued + bg.queued),
+                Sample("gateway_breaker_open", (name,), upstream.breaker.refusing(now)),
+            ]
+        held = self.store.stats()
+        by_label: dict[str, int] = {}
+        for tenant, counts in held["tenants"].items():
+            label = self.recorder.label(tenant)
+            by_label[label] = by_label.get(label, 0) + counts["bytes"]
+        out += [Sample("gateway_cache_bytes", ("memory", t), n) for t, n in by_label.items()]
+        out += [
+            Sample("gateway_cache_max_bytes", ("memory",), held["max_bytes"]),
+            Sample("gateway_cache_entries", ("memory",), held["entries"]),
+        ]
+        if self.member is not None:
+            out += [
+                Sample("gateway_purge_stream_lag_seconds", (), self.member.control.lag),
+                Sample("gateway_redis_available", (), self.member.link.available),
+            ]
+        return out
 
     def stats(self) -> dict[str, object]:
         store = self.store.stats()

@@ -22,15 +22,20 @@ import errno
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from types import FrameType
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from gateway.config import ConfigError, GatewayConfig, Listen, load_config
+from gateway.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("gateway")  # not "gateway.supervisor": log lines read as before the move
 
@@ -126,6 +131,9 @@ class Supervisor:
         self.machine = machine_id()
         self.slots = [Slot(i) for i in range(config.workers)]
         self.signals: list[int] = []
+        # Where the workers keep their metrics for each other's scrapes (gateway/metrics.py):
+        # made for this run, so a scrape never sums a previous run's counts.
+        self.metrics_dir: str | None = None
 
     def command(self, slot: Slot, ready_fd: int) -> list[str]:
         return [
@@ -143,10 +151,12 @@ class Supervisor:
             sig: signal.signal(sig, self._on_signal)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
+        self.metrics_dir = tempfile.mkdtemp(prefix="edge-gateway-metrics-")
         try:
             return self._run()
         finally:
             self.stop_all()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -234,6 +244,8 @@ class Supervisor:
         if slot.proc is not None and slot.proc.poll() is not None:
             self.close_ready(slot)
             what = f"worker {slot.index} (pid {slot.proc.pid}) {exit_status(slot.proc.returncode)}"
+            if self.metrics_dir is not None:  # its gauges no longer count; its counters do
+                mark_process_dead(slot.proc.pid, self.metrics_dir)
             slot.proc = None
             if not self.schedule_restart(slot, now, what):
                 return False
@@ -276,7 +288,12 @@ class Supervisor:
         read_end, write_end = os.pipe()
         slot.ready = slot.reload_pending = False
         try:
-            slot.proc = subprocess.Popen(self.command(slot, write_end), pass_fds=(write_end,))
+            env = dict(os.environ)
+            if self.metrics_dir is not None:
+                env[MULTIPROC_ENV] = self.metrics_dir
+            slot.proc = subprocess.Popen(
+                self.command(slot, write_end), pass_fds=(write_end,), env=env
+            )
         except OSError as exc:
             os.close(read_end)
             log.error("worker %d not started: %s", slot.index, exc)

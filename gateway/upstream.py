@@ -7,6 +7,7 @@ the handlers never show a traceback and the cache can decide to serve stale inst
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -20,8 +21,16 @@ from yarl import URL
 from gateway.breaker import Breaker
 from gateway.budget import Budget
 from gateway.config import OriginConfig
+from gateway.metrics import Meter
 from gateway.transfer import TransferDeadline, idle_limit, keep_alive_timeout
 
+log = logging.getLogger("gateway.origin")
+
+FETCHES = "gateway_origin_fetches_total"
+FETCH_TIME = "gateway_origin_fetch_duration_seconds"
+REJECTED = "gateway_origin_rejected_total"
+CIRCUIT_OPEN = "circuit_open"  # a rejection's reason, beside the budget's
+LOGGED_PATH = 200  # characters of a request target an event log line shows at most
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Statuses a stale entry may stand in for (RFC 5861 4).
 FAILURE_STATUSES = frozenset({500, 502, 503, 504})
@@ -38,6 +47,7 @@ class OriginError(Exception):
 
     status = 502
     reason = "origin unreachable"
+    kind = "unreachable"  # the `status` label of gateway_origin_fetches_total
 
     def __init__(self, origin: str, detail: str = "", retry_after: float | None = None) -> None:
         super().__init__(f"{origin}: {self.reason}{': ' + detail if detail else ''}")
@@ -54,6 +64,7 @@ class OriginUnreachable(OriginError):
 class OriginTimeout(OriginError):
     status = 504
     reason = "origin timed out"
+    kind = "timeout"
 
 
 class OriginInvalid(OriginError):
@@ -61,6 +72,7 @@ class OriginInvalid(OriginError):
 
     status = 502
     reason = "invalid response from origin"
+    kind = "invalid"
 
 
 class BodyStalled(Exception):
@@ -72,6 +84,7 @@ class ClientStalled(OriginError):
 
     status = 408
     reason = "request body timed out"
+    kind = "client_stalled"
 
 
 class OriginUnavailable(OriginError):
@@ -158,9 +171,14 @@ class Upstream:
     """The client side of one origin."""
 
     def __init__(
-        self, name: str, cfg: OriginConfig, clock: Callable[[], float] = time.time
+        self,
+        name: str,
+        cfg: OriginConfig,
+        clock: Callable[[], float] = time.time,
+        meter: Meter | None = None,
     ) -> None:
         self.name = name
+        self.meter = Meter() if meter is None else meter
         self.cfg = cfg
         # The gateway's one clock: request and response times (RFC 9111 4.2.3) and the breaker.
         # Timers that bound a wait on the network run on the event loop's own clock.
@@ -232,27 +250,35 @@ class Upstream:
         turns out closed as the request goes out (a streamed body cannot be)."""
         assert self._session is not None, "Upstream.start() not called"
         now = self.clock()
+        was = self.breaker.state
         if not self.breaker.allow(now):
+            self.meter.count((REJECTED, self.name, CIRCUIT_OPEN))
             raise OriginUnavailable(self.name, "circuit open", self.breaker.retry_after(now))
+        self._breaker_moved(was)  # open -> half-open: this request is the probe
         budget = self.background if background else self.foreground
         if not await budget.acquire():
             self.breaker.release_probe()
+            self.meter.count((REJECTED, self.name, budget.refusal))
             raise OriginUnavailable(self.name, "over concurrency budget", 1.0)
         try:
             resp, request_time, waited = await self._send(method, raw_path_qs, headers, body)
-        except OriginError:
+        except OriginError as exc:
             budget.release()  # the breaker has counted it
+            self.meter.count((FETCHES, self.name, exc.kind))
+            log.warning("origin %s: %s %s: %s", self.name, method,
+                        raw_path_qs[:LOGGED_PATH], exc)
             raise
         except BaseException:
             budget.release()
             self.breaker.release_probe()  # cancelled: no verdict on the origin
             raise
+        self.meter.count((FETCHES, self.name, str(resp.status)))
+        self.meter.observe((FETCH_TIME, self.name), waited)
         if resp.status in FAILURE_STATUSES:
             self.failures += 1
-        if resp.status in UNAVAILABLE_STATUSES:
-            self.breaker.failure(self.clock())
-        else:
-            self.breaker.success(self.clock())
+            log.warning("origin %s answered %d to %s %s", self.name, resp.status, method,
+                        raw_path_qs[:LOGGED_PATH])
+        self._judge(failed=resp.status in UNAVAILABLE_STATUSES)
         self._learn_idle_limit(resp.headers.get("Keep-Alive"))
         total = self.cfg.fetch_timeout - waited if self.cfg.fetch_timeout else None
         deadline = TransferDeadline(
@@ -331,7 +357,27 @@ class Upstream:
 
     def _failed(self) -> None:
         self.failures += 1
-        self.breaker.failure(self.clock())
+        self._judge(failed=True)
+
+    def _judge(self, *, failed: bool) -> None:
+        """Tell the breaker how a request went, and log it when that opens or closes it."""
+        was = self.breaker.state
+        if failed:
+            self.breaker.failure(self.clock())
+        else:
+            self.breaker.success(self.clock())
+        self._breaker_moved(was)
+
+    def _breaker_moved(self, was: str) -> None:
+        state = self.breaker.state
+        if state == was:
+            return
+        if state == "open":
+            b = self.breaker
+            log.error("origin %s: circuit breaker %s -> open: requests refused for %gs (at"
+                      " least %d failures in %gs)", self.name, was, b.reset, b.failures, b.window)
+        else:
+            log.warning("origin %s: circuit breaker %s -> %s", self.name, was, state)
 
     def stats(self) -> dict[str, object]:
         return {

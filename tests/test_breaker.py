@@ -52,6 +52,17 @@ def test_after_reset_one_probe_passes_and_its_outcome_decides() -> None:
     assert breaker.state == "closed" and breaker.allow(11.6)
 
 
+def test_it_refuses_while_open_and_while_its_probe_is_out_not_once_a_probe_is_due() -> None:
+    breaker = Breaker(failures=1, reset=5)
+    assert not breaker.refusing(0.0)
+    breaker.failure(0.0)
+    assert breaker.refusing(4.9)
+    assert not breaker.refusing(60.0) and breaker.state == "open"  # nobody asked: probe due
+    assert breaker.allow(60.0) and breaker.refusing(60.1)  # the probe is out
+    breaker.success(60.2)
+    assert not breaker.refusing(60.3)
+
+
 def test_a_probe_that_gets_no_answer_lets_the_next_request_probe() -> None:
     breaker = Breaker(failures=1, reset=5)
     breaker.failure(0.0)

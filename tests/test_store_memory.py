@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from gateway.key import primary_key
 from gateway.policy import Freshness
 from gateway.store import ENTRY_OVERHEAD, Entry
-from gateway.store.memory import MemoryStore
+from gateway.store.memory import QUOTA, SIZE, MemoryStore
 
 T = TypeVar("T")
 
@@ -177,9 +177,9 @@ async def test_size_charged_at_put_time() -> None:
 
 
 async def test_on_evict_hook_only_for_capacity_evictions() -> None:
-    evicted: list[str] = []
+    evicted: list[tuple[str, str]] = []
     store = MemoryStore(
-        max_bytes=2000, max_object_bytes=2000, on_evict=lambda e: evicted.append(e.key)
+        max_bytes=2000, max_object_bytes=2000, on_evict=lambda e, why: evicted.append((e.key, why))
     )
     await store.put(sized("a", 1000))
     await store.put(sized("b", 1000))
@@ -188,7 +188,7 @@ async def test_on_evict_hook_only_for_capacity_evictions() -> None:
     await store.put(sized("d", 1000))  # not admitted: not an eviction
     await store.delete("b")
     await store.purge_tenant("t")
-    assert evicted == ["a"]
+    assert evicted == [("a", SIZE)]
 
 
 # -- tenant quotas --------------------------------------------------------------------------
@@ -196,10 +196,10 @@ async def test_on_evict_hook_only_for_capacity_evictions() -> None:
 
 async def test_noisy_tenant_evicts_only_its_own_entries() -> None:
     quotas = {"noisy": 3100}
-    evicted: Counter[str] = Counter()
+    evicted: Counter[tuple[str, str]] = Counter()
     store = MemoryStore(
         max_bytes=10_000, max_object_bytes=2000, tenant_quota=quotas.get,
-        on_evict=lambda e: evicted.update([e.tenant]),
+        on_evict=lambda e, why: evicted.update([(e.tenant, why)]),
     )
     for i in range(4):
         assert await store.put(sized(f"q{i}", 1000, tenant="quiet"))
@@ -212,7 +212,7 @@ async def test_noisy_tenant_evicts_only_its_own_entries() -> None:
     assert stats["tenants"]["noisy"] == {"entries": 3, "bytes": 3000}
     assert stats["tenants"]["quiet"] == {"entries": 4, "bytes": 4000}
     assert stats["evictions"] + stats["not_admitted"] == 17  # each newcomer past three
-    assert stats["evictions"] > 0 and set(evicted) == {"noisy"}
+    assert stats["evictions"] > 0 and set(evicted) == {("noisy", QUOTA)}
     store.check_invariants()
 
 
@@ -230,17 +230,17 @@ async def test_tenant_quota_evicts_from_the_tenants_own_space_not_the_global_lru
 
 
 async def test_global_bound_still_applies_across_tenants() -> None:
-    evicted: list[str] = []
+    evicted: list[tuple[str, str]] = []
     store = MemoryStore(
         max_bytes=3000, max_object_bytes=3000, tenant_quota=lambda t: 2000,
-        on_evict=lambda e: evicted.append(e.tenant),
+        on_evict=lambda e, why: evicted.append((e.tenant, why)),
     )
     await store.put(sized("a1", 1000, tenant="a"))
     await store.put(sized("b1", 1000, tenant="b"))
     await store.put(sized("c1", 1000, tenant="c"))
     await store.put(sized("d1", 1000, tenant="d"))
     assert keys(store) == ["b1", "c1", "d1"]
-    assert evicted == ["a"]
+    assert evicted == [("a", SIZE)]
     assert "a" not in store.stats()["tenants"]  # holds nothing: forgotten
     store.check_invariants()
 

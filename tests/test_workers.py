@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 import gateway.supervisor as supervision
 from gateway.config import load_config
@@ -204,6 +205,50 @@ async def test_two_workers_on_one_port_and_stats_for_the_whole_machine(
                 exact.add(again["worker"])
             await asyncio.sleep(0.05)
         assert exact == {0, 1}
+
+
+async def scrape_total(m: Machine) -> float:
+    """gateway_requests_total summed over its series, from whichever worker takes the scrape."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
+        http.get(f"http://127.0.0.1:{m.admin_port}/metrics") as resp,
+    ):
+        assert resp.status == 200
+        text = await resp.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "gateway_requests_total"
+    )
+
+
+async def test_one_scrape_of_either_worker_counts_the_whole_machine_even_a_dead_worker(
+    tmp_path: Path, redis_server: RedisServer, aiohttp_server: Any  # noqa: F811
+) -> None:
+    origin = await aiohttp_server(create_echo_app())
+    async with machine(tmp_path, redis_server, origin) as m:
+        n = 24
+        for i in range(n):  # each on its own connection: the kernel spreads them
+            assert (await get(m.url + spec(f"/m{i % 6}", CACHED)))[0] == 200
+        served: dict[str, int] = {}
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while sum(served.values()) != n:  # each worker's share, from the census
+            assert asyncio.get_running_loop().time() < deadline, served
+            per_worker = (await m.stats())["per_worker"]
+            served = {w: answered(s["cache"]) for w, s in per_worker.items()}
+        assert len(served) == 2 and all(served.values()), served  # both took requests
+        totals: list[float] = []
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while totals[-3:] != [n] * 3:  # a worker flushes its counts every second
+            assert asyncio.get_running_loop().time() < deadline, (totals, served)
+            totals.append(await scrape_total(m))
+            assert totals[-1] <= n
+            await asyncio.sleep(0.1)
+        os.kill(m.worker_pids()[1], signal.SIGKILL)
+        await m.wait_logged(r"\[supervisor\] worker 1 \(pid \d+\) listening", count=2)
+        for _ in range(4):  # the dead worker's requests still count, whoever answers
+            assert await scrape_total(m) == n
 
 
 async def test_a_worker_is_not_restarted_on_a_broken_config_and_the_others_serve_on(

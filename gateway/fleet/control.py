@@ -259,12 +259,17 @@ class Control:
         try:
             if event.get("op") == "bust":
                 tenant, value = event["tenant"], int(event["value"])
-                if event.get("soft") == "1":
+                soft = event.get("soft") == "1"
+                if soft:
                     self.generations.add_soft(tenant, value, float(event["at"]))
                 else:
                     self.generations.raise_hard(tenant, value)
+                log.info("fleet: %s bust of tenant %s applied (generation %d)",
+                         "soft" if soft else "hard", tenant, value)
             elif event.get("op") == "purge" and event.get("from") != self.instance:
                 await self.apply(event)
+                log.info("fleet: purge of tenant %s by %s from instance %s applied",
+                         event.get("tenant"), event.get("kind"), event.get("from"))
         except (KeyError, ValueError, TypeError) as exc:  # one bad record stops nothing
             log.error("purge stream event %s not understood, skipped: %r (%s)",
                       event_id, event, exc)

@@ -29,6 +29,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.breaker import Breaker
 from gateway.config import RedisConfig
+from gateway.metrics import Meter
 
 log = logging.getLogger("gateway.redis")
 
@@ -42,6 +43,8 @@ BREAKER_FAILURES = 5  # failed commands within the window that open the breaker
 BREAKER_WINDOW = 1.0
 BREAKER_RESET = 1.0  # seconds without commands once open, before one probe goes
 ERROR_LOG_INTERVAL = 10.0  # seconds between two "Redis unavailable" lines
+ERRORS_METRIC = ("gateway_redis_errors_total",)  # failed, timed out, or no connection in time
+DURATION_METRIC = ("gateway_redis_duration_seconds",)
 
 
 # What a failed command raises. The cluster client raises RedisClusterException, which is not
@@ -81,8 +84,14 @@ class RedisLink:
     """The data client (short timeout) and a client for blocking reads (a socket timeout longer
     than the block, or redis-py raises TimeoutError on every idle XREAD: redis-py #2807)."""
 
-    def __init__(self, cfg: RedisConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: RedisConfig,
+        clock: Callable[[], float] = time.monotonic,
+        meter: Meter | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.meter = Meter() if meter is None else meter
         self.clock = clock  # a network timer: the loop's clock, not the cache's
         self.data = make_client(
             cfg, socket_timeout=cfg.timeout, max_connections=cfg.max_connections
@@ -114,6 +123,7 @@ class RedisLink:
         except TimeoutError:
             self.breaker.release_probe()
             self.busy += 1
+            self.meter.count(ERRORS_METRIC)
             raise RedisUnavailable("no free connection within the timeout") from None
         except BaseException:  # cancelled while waiting: a held probe would never end
             self.breaker.release_probe()
@@ -129,7 +139,9 @@ class RedisLink:
         finally:
             self._slots.release()
             self.calls += 1
-            self.seconds += self.clock() - started
+            took = self.clock() - started
+            self.seconds += took
+            self.meter.observe(DURATION_METRIC, took)
         if not self.available:
             self.breaker.success(self.clock())
             if self.available:
@@ -141,6 +153,7 @@ class RedisLink:
     def _failed(self, exc: BaseException) -> None:
         now = self.clock()
         self.errors += 1
+        self.meter.count(ERRORS_METRIC)
         was_closed = self.available
         self.breaker.failure(now)
         if was_closed and not self.available:

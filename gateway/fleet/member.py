@@ -18,6 +18,7 @@ from gateway.fleet.lease import Leases
 from gateway.fleet.link import RedisLink, RedisUnavailable
 from gateway.fleet.notices import Notices
 from gateway.generations import Generations
+from gateway.metrics import Meter
 from gateway.settings import CacheSettings
 from gateway.store import Entry, purge
 from gateway.store.memory import MemoryStore
@@ -44,11 +45,12 @@ class Member:
         settings: CacheSettings,
         clock: Callable[[], float],
         current: Callable[[Entry], bool],
+        meter: Meter | None = None,
     ) -> None:
         self.cfg = cfg
         self.instance = instance_id()
         self.memory = memory
-        self.link = RedisLink(cfg)
+        self.link = RedisLink(cfg, meter=meter)
         self.keys = Keys(cfg.prefix)
         self.l2 = RedisStore(self.link, self.keys, settings, clock, keep_stale=cfg.keep_stale)
         self.store = TieredStore(memory, self.l2, current, lambda: self.control.ready)

@@ -28,6 +28,9 @@ from gateway.store.admission import TinyLfu
 # Charged per Vary record on top of its key and names (dict slot, tuple, strings' headers).
 VARY_OVERHEAD = 64
 PURGE_SLICE = 1000  # entries a purge removes before letting other requests run
+# Why an entry was evicted (`on_evict`): the store's size bound or its tenant's quota.
+SIZE = "size"
+QUOTA = "quota"
 
 
 @dataclass(slots=True)
@@ -81,7 +84,7 @@ class MemoryStore:
     A tenant over its quota loses its own least valuable entries first, so a noisy tenant cannot
     push the others out beyond what the global bound forces. `on_evict` is called for entries
     pushed out by a bound (not deletes, purges, or a newcomer that was not admitted), after the
-    store is consistent again.
+    store is consistent again, with the bound: `SIZE` (max_bytes) or `QUOTA` (the tenant's).
 
     Vary records live in a separate LRU with its own byte budget (`vary_max_bytes`, default
     max_bytes // 16, at least 64 KiB) rather than inside `max_bytes`: that keeps the entry byte
@@ -94,7 +97,7 @@ class MemoryStore:
         max_object_bytes: int,
         tenant_quota: Callable[[str], int | None] = _no_quota,
         *,
-        on_evict: Callable[[Entry], None] | None = None,
+        on_evict: Callable[[Entry, str], None] | None = None,
         vary_max_bytes: int | None = None,
     ) -> None:
         self.max_bytes = max_bytes
@@ -148,17 +151,18 @@ class MemoryStore:
         if entry.key in self._lru:
             self._remove(entry.key)
         space = self._insert(entry, size, quota)
-        pushed = [self._remove(key, in_space=False) for key in space.add(entry.key, size)]
+        why = SIZE if space is self._shared else QUOTA
+        pushed = [(self._remove(key, in_space=False), why) for key in space.add(entry.key, size)]
         while self._bytes > self.max_bytes:
-            pushed.append(self._remove(next(iter(self._lru))))
+            pushed.append((self._remove(next(iter(self._lru))), SIZE))
         admitted = entry.key in self._lru
         if not admitted:
             self._not_admitted += 1
-        evicted = [old for old in pushed if old is not entry]
+        evicted = [(old, why) for old, why in pushed if old is not entry]
         self._evictions += len(evicted)
         if self.on_evict is not None:
-            for old in evicted:
-                self.on_evict(old)
+            for old, why in evicted:
+                self.on_evict(old, why)
         return admitted
 
     async def delete(self, key: str) -> bool:

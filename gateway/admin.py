@@ -1,4 +1,5 @@
-"""The admin listener: purge, bust, reload and stats behind scoped bearer tokens.
+"""The admin listener: purge, bust, reload, stats and cache inspection behind scoped bearer
+tokens.
 
 Every request is authenticated (401), validated (400, nothing changes) and authorised against
 the token's tenants (403) before it acts; every action it takes is one JSON audit log line.
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gateway.canonical import BadRequest, parse_target
 from gateway.config import AdminToken, ConfigError, describe_error, valid_name
 from gateway.generations import GLOBAL
+from gateway.inspection import DEFAULT_LIMIT, MAX_LIMIT, Inspector
 from gateway.metrics import CONTENT_TYPE
 from gateway.router import DEFAULT_TENANT
 from gateway.server import GATEWAY_KEY, Gateway, JsonError, errors_as_json, json_response
@@ -40,6 +42,22 @@ def _tenant_name(tenant: str, *, allow_global: bool) -> str:
     )
 
 
+def _check_url(url: str, field: str) -> None:
+    """A path or an http(s) URL that parses as a request target: it is keyed later exactly as
+    a request for it would be."""
+    if not (url.startswith("/") or url.startswith(("http://", "https://"))):
+        raise ValueError(f"{field}: a path ('/...') or an http(s) URL, not {url!r}")
+    try:
+        parse_target(url, "purge", "http")
+    except BadRequest as exc:
+        raise ValueError(f"invalid URL {url!r}: {exc.reason}") from None
+
+
+def _check_prefix(prefix: str | None) -> None:
+    if prefix is not None and not prefix.startswith(("/", "http://", "https://")):
+        raise ValueError(f"prefix must start with '/' or be an http(s) URL: {prefix!r}")
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -60,14 +78,8 @@ class PurgeBody(_Body):
         if len(chosen) > 1:
             raise ValueError(f"give at most one of urls, prefix, tags (got {', '.join(chosen)})")
         for url in self.urls or ():
-            if not (url.startswith("/") or url.startswith(("http://", "https://"))):
-                raise ValueError(f"urls must be paths ('/...') or http(s) URLs, got {url!r}")
-            try:  # keyed later exactly as a request would be: it must parse as one
-                parse_target(url, "purge", "http")
-            except BadRequest as exc:
-                raise ValueError(f"invalid URL {url!r}: {exc.reason}") from None
-        if self.prefix is not None and not self.prefix.startswith(("/", "http://", "https://")):
-            raise ValueError(f"prefix must start with '/' or be an http(s) URL: {self.prefix!r}")
+            _check_url(url, "urls")
+        _check_prefix(self.prefix)
         if any(not tag.strip() for tag in self.tags or ()):
             raise ValueError("tags must be non-empty strings")
         return self
@@ -93,7 +105,45 @@ class BustBody(_Body):
         return self
 
 
-Body = TypeVar("Body", bound=_Body)
+class _Query(BaseModel):
+    """Query parameters of a GET: strings, so not strict (`limit=10` is the int 10)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: str
+
+    @model_validator(mode="after")
+    def _check_tenant(self) -> Self:
+        _tenant_name(self.tenant, allow_global=False)
+        return self
+
+
+class EntriesQuery(_Query):
+    """`/admin/entries?tenant=T[&prefix=P][&limit=N][&after=CURSOR]`."""
+
+    prefix: str | None = Field(default=None, min_length=1)
+    limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    after: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _check_prefix(self.prefix)
+        return self
+
+
+class EntryQuery(_Query):
+    """`/admin/entry?tenant=T&url=U`: a path or an absolute http(s) URL."""
+
+    url: str
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _check_url(self.url, "url")
+        return self
+
+
+Model = TypeVar("Model", bound=BaseModel)
+Query = TypeVar("Query", bound=_Query)
 
 
 def authenticate(request: web.Request, tokens: list[AdminToken]) -> AdminToken:
@@ -118,7 +168,7 @@ def authorize(token: AdminToken, tenant: str) -> None:
     raise JsonError(403, f"token {token.name!r} may not act on tenant {tenant!r}")
 
 
-async def read_body(request: web.Request, model: type[Body]) -> Body:
+async def read_body(request: web.Request, model: type[Model]) -> Model:
     """The JSON body validated into `model`; 400 naming the field otherwise."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise JsonError(413, f"body larger than {MAX_BODY} bytes")
@@ -133,6 +183,19 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
         raise JsonError(400, "body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise JsonError(400, "body must be a JSON object")
+    return _validated(data, model)
+
+
+def read_query(request: web.Request, model: type[Model]) -> Model:
+    """The query parameters validated into `model`, each given at most once; 400 otherwise."""
+    query = request.query
+    repeated = sorted({name for name in query if len(query.getall(name)) > 1})
+    if repeated:
+        raise JsonError(400, f"give each parameter once (repeated: {', '.join(repeated)})")
+    return _validated(dict(query), model)
+
+
+def _validated(data: dict[str, Any], model: type[Model]) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -236,6 +299,48 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+def _scoped_query(request: web.Request, model: type[Query]) -> tuple[AdminToken, Query]:
+    """The token (401), the query (400) and the token's right to its tenant (403)."""
+    who = _token(request)
+    query = read_query(request, model)
+    authorize(who, query.tenant)
+    return who, query
+
+
+def _inspector(gateway: Gateway) -> Inspector:
+    """Reads this process's memory and, in a fleet, Redis, at the gateway's clock's now."""
+    return Inspector(
+        gateway.store,
+        None if gateway.member is None else gateway.member.l2,
+        gateway.cache.generations,
+        gateway.now(),
+        bust_grace=gateway.cache.settings.bust_grace,
+        resolve=gateway.normalised,  # a purge URL's keying: the entry asked for is the one purged
+    )
+
+
+async def entries(request: web.Request) -> web.Response:
+    """A page of the tenant's cached entries (both tiers in a fleet), with `next` as a cursor."""
+    who, query = _scoped_query(request, EntriesQuery)
+    answer = await _inspector(_gateway(request)).entries(
+        query.tenant, prefix=query.prefix, after=query.after, limit=query.limit
+    )
+    audit(who, "entries", tenant=query.tenant, prefix=query.prefix, count=answer["count"])
+    return json_response(200, answer)
+
+
+async def entry(request: web.Request) -> web.Response:
+    """Every variant stored for one URL; 404 when neither tier holds one."""
+    who, query = _scoped_query(request, EntryQuery)
+    answer = await _inspector(_gateway(request)).entry(query.tenant, query.url)
+    found = bool(answer["variants"])
+    audit(who, "entry", tenant=query.tenant, url=query.url, found=found)
+    if not found:
+        raise JsonError(404, f"nothing stored for {query.url!r} in tenant {query.tenant!r}",
+                        urls=answer["urls"], redis=answer["redis"])
+    return json_response(200, answer)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response(200, {"status": "ok"})
 
@@ -246,6 +351,8 @@ def admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/stats", stats)
+    app.router.add_get("/admin/entries", entries)
+    app.router.add_get("/admin/entry", entry)
     app.router.add_post("/admin/purge", purge)
     app.router.add_post("/admin/bust", bust)
     app.router.add_post("/admin/reload", reload)

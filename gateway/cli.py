@@ -1,4 +1,5 @@
-"""`python -m gateway purge|bust|stats|reload`: the operators' client of the admin API.
+"""`python -m gateway purge|bust|stats|reload|entries|entry`: the operators' client of the
+admin API.
 
 Synchronous and standard-library only: an operator's one-shot command needs no event loop, and
 it must work from a deploy pipeline with nothing but the admin URL and a token in the env.
@@ -9,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlencode
 
-COMMANDS = ("purge", "bust", "stats", "reload")
+COMMANDS = ("purge", "bust", "stats", "reload", "entries", "entry")
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 
 
@@ -54,6 +57,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
     sub.add_parser("stats", help="cache, origin and per-tenant counters")
     sub.add_parser("reload", help="re-read the routing file; errors keep the running config")
+
+    entries = sub.add_parser("entries", help="a tenant's cached entries, a page at a time")
+    entries.add_argument("--tenant", required=True)
+    entries.add_argument("--prefix", help="a path prefix or absolute URL prefix")
+    entries.add_argument("--limit", type=int, help="entries per page (default 100, at most 1000)")
+    entries.add_argument("--after", help="the cursor the previous page printed as `next`")
+
+    entry = sub.add_parser("entry", help="every variant stored for one URL, with its headers")
+    entry.add_argument("--tenant", required=True)
+    entry.add_argument("url", help="a path (on each of the tenant's sites) or an absolute URL")
     return parser.parse_args(argv)
 
 
@@ -101,6 +114,10 @@ def describe(command: str, answer: dict[str, Any]) -> str:
         )
     if command == "reload":
         return f"reloaded {answer.get('source')}: {answer.get('routes')} routes"
+    if command == "entries":
+        return entries_table(answer)
+    if command == "entry":
+        return entry_text(answer)
     return stats_table(answer)
 
 
@@ -125,10 +142,96 @@ def stats_table(stats: dict[str, Any]) -> str:
             [name, *(str(counters.get(c, 0)) for c in TENANT_COLUMNS)]
             for name, counters in sorted(tenants.items())
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
-                  for row in rows]
+        lines += table(rows)
     return "\n".join(lines) or "(no counters yet)"
+
+
+def table(rows: list[list[str]], *, text_last: bool = False) -> list[str]:
+    """Rows as aligned columns, numbers to the right; with `text_last`, the last column (a
+    URL, say) to the left and not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    if text_last:
+        widths[-1] = 0
+    return [
+        "  ".join(
+            cell.ljust(w) if text_last and i == len(row) - 1 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+ENTRY_COLUMNS = ("state", "status", "age", "ttl", "size", "tiers", "url")
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{float(value):g}"
+
+
+def _entry_row(item: dict[str, Any]) -> list[str]:
+    variant = f"  [{item['variant']}]" if item.get("variant") else ""
+    return [
+        str(item.get("state")), str(item.get("status")), _seconds(item.get("age")),
+        _seconds(item.get("ttl")), str(item.get("size")), "+".join(item.get("tiers", [])),
+        f"{item.get('url')}{variant}",
+    ]
+
+
+def _redis_line(answer: dict[str, Any]) -> list[str]:
+    redis = answer.get("redis")
+    return [] if redis in (None, "ok") else [f"redis: {redis} (memory of this instance only)"]
+
+
+def entries_table(answer: dict[str, Any]) -> str:
+    """One line per entry (a variant shows its Vary selection in brackets), then the cursor of
+    the next page, and what went wrong with Redis if anything did."""
+    items = answer.get("items") or []
+    lines = [f"tenant {answer.get('tenant')}: {len(items)} entries"]
+    if items:
+        lines += table([list(ENTRY_COLUMNS), *(_entry_row(i) for i in items)], text_last=True)
+    nxt = answer.get("next")
+    if nxt:
+        lines.append(f"next page: --after {shlex.quote(nxt)}")
+    return "\n".join(lines + _redis_line(answer))
+
+
+def _selected(fields: dict[str, str | None] | None) -> str:
+    """The request fields a variant was chosen by (None: the key holds only their digest)."""
+    if fields is None:
+        return "(by a digest of the request fields)"
+    shown = [f"{name}={'(absent)' if value is None else value}" for name, value in fields.items()]
+    return ", ".join(shown) or "(does not vary)"
+
+
+def entry_text(answer: dict[str, Any]) -> str:
+    """Each variant: key, what selected it, state and times, generation, tags, headers."""
+    gens = answer.get("generations") or {}
+    variants = answer.get("variants") or []
+    lines = [
+        f"tenant {answer.get('tenant')}: {answer.get('url')}: {len(variants)} variant(s)",
+        f"generations: {gens.get('hard')} hard bust(s), {gens.get('soft')} soft"
+        f" (latest {gens.get('last_soft_bust') or '-'}), key part {gens.get('key')}",
+    ]
+    for v in variants:
+        g = v.get("generation") or {}
+        lines += [
+            "",
+            f"{v.get('url')}  [{'+'.join(v.get('tiers', []))}]",
+            f"  key:       {v.get('key')}",
+            f"  selected:  {_selected(v.get('request_headers'))}",
+            f"  state:     {v.get('state')}, status {v.get('status')}, age"
+            f" {_seconds(v.get('age'))} s, ttl {_seconds(v.get('ttl'))} s, stale-while-revalidate"
+            f" {_seconds(v.get('stale_while_revalidate'))} s, stale-if-error"
+            f" {_seconds(v.get('stale_if_error'))} s",
+            f"  size:      {v.get('size')} bytes ({v.get('body_bytes')} of body)",
+            f"  tags:      {', '.join(v.get('tags', [])) or '-'}",
+            f"  generation: {g.get('key')} ({'current' if g.get('current') else 'old'}), soft"
+            f" epoch {g.get('soft_epoch')}, soft purged {v.get('soft_purged_at') or '-'}, soft"
+            f" busted {v.get('soft_busted_at') or '-'}",
+            "  headers:",
+            *(f"    {name}: {value}" for name, value in v.get("headers", [])),
+        ]
+    return "\n".join(lines + _redis_line(answer))
 
 
 def main(argv: list[str]) -> int:
@@ -158,4 +261,9 @@ def request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | No
         return "POST", "/admin/bust", {"tenant": args.tenant, "soft": args.soft}
     if args.command == "reload":
         return "POST", "/admin/reload", {}
+    if args.command in ("entries", "entry"):
+        names = ("tenant", "prefix", "limit", "after") if args.command == "entries" else (
+            "tenant", "url")
+        query = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+        return "GET", f"/admin/{args.command}?{urlencode(query)}", None
     return "GET", "/admin/stats", None

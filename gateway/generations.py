@@ -82,11 +82,12 @@ class Generations:
             "tenant": tenant,
             "hard": self.hard.get(tenant, 0),
             "soft": len(busts),
-            "last_soft_bust": None if last is None else _iso(last.at),
+            "last_soft_bust": None if last is None else iso_time(last.at),
             "key": self.key_part(tenant),
             "epoch": self.epoch,
         }
 
 
-def _iso(at: float) -> str:
+def iso_time(at: float) -> str:
+    """A wall-clock time as an operator reads it in admin answers: UTC, to the second."""
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

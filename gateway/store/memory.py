@@ -17,6 +17,7 @@ import asyncio
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -61,9 +62,13 @@ def _no_quota(tenant: str) -> int | None:
     return None
 
 
-def _starting_with(urls: SortedList, prefix: str) -> Iterator[str]:
-    """The URLs of a sorted list that start with `prefix`, in O(log n + matches)."""
-    for url in urls.irange(minimum=prefix):
+def _starting_with(
+    urls: SortedList, prefix: str, after: str = "", *, inclusive: bool = True
+) -> Iterator[str]:
+    """The URLs of a sorted list that start with `prefix`, in order, from `after` on (and past
+    it unless `inclusive`), in O(log n + matches)."""
+    lowest, inclusive = (after, inclusive) if after > prefix else (prefix, True)
+    for url in urls.irange(minimum=lowest, inclusive=(inclusive, True)):
         if not url.startswith(prefix):
             return
         yield url
@@ -271,6 +276,22 @@ class MemoryStore:
         """The `scheme://host` of the tenant's entries, so a purge by path can reach them all."""
         state = self._tenants.get(tenant)
         return [] if state is None else sorted(state.sites)
+
+    def urls_from(
+        self, tenant: str, prefix: str, after: str = "", *, inclusive: bool = True, limit: int
+    ) -> list[str]:
+        """Up to `limit` of the tenant's URLs that start with `prefix`, in order, from `after`
+        on: a page of cache inspection is a range of the sorted list, never a scan."""
+        state = self._tenants.get(tenant)
+        if state is None:
+            return []
+        return list(islice(_starting_with(state.urls, prefix, after, inclusive=inclusive), limit))
+
+    def variants(self, tenant: str, url: str) -> list[Entry]:
+        """Every entry held for one URL (each Vary variant, each generation still here), in key
+        order, without touching recency or popularity: looking must not change what stays."""
+        keys = self._index.get((tenant, "u:" + url), ())
+        return [self._lru[key].entry for key in sorted(keys)]
 
     def tenant_bytes(self, tenant: str) -> int:
         state = self._tenants.get(tenant)

@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 
 from gateway.fleet import codec
-from gateway.fleet.keys import VARY_FIELD, Keys, entry_field, expiry_field
+from gateway.fleet.keys import ENTRY_FIELD, VARY_FIELD, Keys, entry_field, expiry_field
 from gateway.fleet.link import Client, RedisLink, RedisUnavailable
 from gateway.key import vary_record_key, vary_record_key_of
 from gateway.settings import CacheSettings
@@ -40,6 +40,8 @@ from gateway.store import Entry, site_of, url_prefixes
 PURGE_BATCH = 500  # URLs read from an index and deleted per round trip
 TRIM_PER_WRITE = 64  # expired URLs a write removes from its tenant's indexes
 VARY_TTL_MS = 86_400_000  # a Vary record alone (no entry yet) lives a day
+INSPECT_BATCH = 25  # URLs whose entries (bodies included) one inspection round trip reads
+_ENTRY = ENTRY_FIELD.encode()
 
 # Time inside the scripts is Redis's own (TIME), so instances with skewed clocks agree on
 # when anything expires.
@@ -279,6 +281,47 @@ class RedisStore:
     async def sites(self, tenant: str) -> list[str]:
         found = await self._read("smembers", self.keys.sites(tenant))
         return sorted(s.decode() for s in found)
+
+    # -- inspection (the admin API's /admin/entries and /admin/entry; reads only) ----------
+
+    async def urls_from(
+        self, tenant: str, prefix: str, after: str = "", *, inclusive: bool = True, limit: int
+    ) -> list[str]:
+        """Up to `limit` of the tenant's indexed URLs that start with `prefix`, in order, from
+        `after` on: one ZRANGEBYLEX with LIMIT. The index may still name a URL whose entries
+        have expired (it is trimmed as the tenant writes): `variants` finds nothing there."""
+        if after > prefix:
+            lowest = (b"[" if inclusive else b"(") + after.encode()
+        else:
+            lowest = b"[" + prefix.encode()
+        highest = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
+        found = await self._read(
+            "zrangebylex", self.keys.urls(tenant), lowest, highest, start=0, num=limit
+        )
+        return [url.decode() for url in found]
+
+    async def variants(self, tenant: str, urls: list[str]) -> dict[str, list[Entry]]:
+        """Every entry Redis holds for each URL (the fields of its hash), in key order. One
+        pipelined round trip per INSPECT_BATCH URLs: entries carry their bodies, and no single
+        command should carry a whole page of them past the link's timeout."""
+        held: dict[str, list[Entry]] = {}
+        for start in range(0, len(urls), INSPECT_BATCH):
+            batch = urls[start : start + INSPECT_BATCH]
+
+            async def read(r: Client, batch: list[str] = batch) -> list[dict[bytes, bytes]]:
+                pipe = r.pipeline(transaction=False)
+                for url in batch:
+                    pipe.hgetall(self.keys.entries(vary_record_key(tenant, url)))
+                found: list[dict[bytes, bytes]] = await pipe.execute()
+                return found
+
+            for url, fields in zip(batch, await self.link.run(read), strict=True):
+                decoded = [codec.decode(v) for f, v in fields.items() if f.startswith(_ENTRY)]
+                held[url] = sorted(
+                    (e for e in decoded if e is not None and e.tenant == tenant and e.url == url),
+                    key=lambda e: e.key,
+                )
+        return held
 
     async def _read(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """One command by name, through the link."""

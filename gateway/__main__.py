@@ -1,4 +1,4 @@
-"""`python -m gateway --config FILE [--check]`, or an admin command (`purge`, `bust`, ...).
+"""`python -m gateway --config FILE [--check] [--demo]`, or an admin command (`purge`, ...).
 
 With `workers: 1` (the default) this process serves (`serve`). With `workers: N` it is the
 supervisor of N worker processes and serves nothing itself (`gateway.supervisor`); each worker
@@ -22,15 +22,44 @@ from gateway import cli
 from gateway.admin import admin_app
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.server import Gateway, public_server
-from gateway.supervisor import Role, Supervisor, watch_supervisor
+from gateway.supervisor import DRAIN_TIMEOUT, Role, Supervisor, watch_supervisor
 
 log = logging.getLogger("gateway")
 
 LOG_FORMAT = "%(asctime)s %(name)s {tag}%(message)s"
+CUT_GRACE = 1.0  # seconds for the handlers cut at the end of a drain to finish (see `drain`)
 
 
 class CannotListen(Exception):
     """A listen address is taken or not ours: one line for the operator, not a traceback."""
+
+
+# The admin token of the demo routing files (config/gateway.yaml, config/fleet.yaml) when
+# GATEWAY_ADMIN_TOKEN is unset. The README prints it, so it is no secret: an admin listener
+# that accepts it is open to anyone who can reach it.
+DEMO_ADMIN_TOKEN = "dev-admin-token"
+
+
+def demo_token_refusal(config: GatewayConfig, *, demo: bool) -> str | None:
+    """Why the admin listener must not start, or None: one of its tokens is the published demo
+    token and this start did not say it is the demo (`--demo`, which scripts/demo.sh passes).
+
+    Checked when the process starts its listeners, not when the file is parsed: the file is
+    valid either way (the tests and `--check` read the demo file as it is), and only the way
+    the gateway is started says whether it is the demo. A flag rather than an environment
+    variable, so that it is seen on the command line (and in `ps`), and cannot be inherited
+    by accident from a shell or an image."""
+    if demo or config.admin.listen is None:  # without a listener, the tokens admit nobody
+        return None
+    for token in config.admin.tokens:
+        if token.token.strip() == DEMO_ADMIN_TOKEN:
+            return (
+                f"admin token {token.name!r} is the demo token {DEMO_ADMIN_TOKEN!r}, which anyone"
+                " can read in the README: refusing to start the admin listener with it; give it"
+                " a secret of your own (the demo files read GATEWAY_ADMIN_TOKEN), or pass --demo"
+                " to run the demo"
+            )
+    return None
 
 
 def version() -> str:
@@ -52,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML routing file")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--demo", action="store_true",
+        help=f"this is the local demo (scripts/demo.sh): accept the published demo admin token"
+        f" {DEMO_ADMIN_TOKEN!r}, which any other start refuses",
+    )
     # Set by the supervisor on the worker processes it starts (`workers: N`, see
     # `gateway.supervisor`), not by hand.
     parser.add_argument("--worker-of", metavar="MACHINE", help=argparse.SUPPRESS)
@@ -88,10 +122,12 @@ async def serve(config: GatewayConfig, role: Role | None = None) -> None:
     stop = asyncio.Event()
     watch: asyncio.Task[None] | None = None
     try:
-        runners.append(web.ServerRunner(public_server(gateway)))
+        runners.append(web.ServerRunner(public_server(gateway), shutdown_timeout=DRAIN_TIMEOUT))
         sites = [(runners[0], config.listen.host, config.listen.port)]
         if config.admin.listen is not None:
-            admin = web.AppRunner(admin_app(gateway), access_log=None)
+            admin = web.AppRunner(
+                admin_app(gateway), access_log=None, shutdown_timeout=DRAIN_TIMEOUT
+            )
             runners.append(admin)
             sites.append((admin, config.admin.listen.host, config.admin.listen.port))
         for runner in runners:
@@ -114,12 +150,43 @@ async def serve(config: GatewayConfig, role: Role | None = None) -> None:
             watch = loop.create_task(watch_supervisor(role.supervisor, stop))
         role.ready()
         await stop.wait()
+        log.info("stopping: new connections refused, requests in flight have up to %.0f s",
+                 DRAIN_TIMEOUT)
     finally:
         if watch is not None:
             watch.cancel()
-        for runner in reversed(runners):
-            await runner.cleanup()
+        await drain(runners)
         await gateway.stop()
+
+
+async def drain(runners: list[web.BaseRunner]) -> None:
+    """Stop serving gracefully (SIGTERM: `docker stop`, a service manager, the supervisor).
+
+    First every listening socket is closed, on both listeners at once: a new connection is
+    refused from then on (a load balancer moves on, the health check fails). Then the requests
+    in flight on either listener are answered, both listeners together, while idle keep-alive
+    connections close at once. What is still being answered after DRAIN_TIMEOUT is cut: its
+    connection is closed (the client sees it end early, the access log a 499).
+
+    aiohttp's `cleanup` drains too, but not within a bound one can give `docker stop`: it waits
+    `shutdown_timeout` for a handler, then as long again for the handler it could not stop, and
+    it closes a runner's sockets only once the runner before it has drained."""
+    for runner in runners:
+        for site in list(runner.sites):
+            await site.stop()
+    cleanup = asyncio.gather(*(runner.cleanup() for runner in runners))
+    done, _ = await asyncio.wait([cleanup], timeout=DRAIN_TIMEOUT)
+    if done:
+        cleanup.result()  # a failure of the cleanup itself is not hidden
+        return
+    busy = [conn for r in runners if r.server is not None for conn in r.server.connections]
+    log.warning("stopping: %d connection(s) still answering after %.0f s, closed",
+                len(busy), DRAIN_TIMEOUT)
+    for conn in busy:
+        conn.force_close()  # and a public handler is cancelled (handler_cancellation)
+    done, _ = await asyncio.wait([cleanup], timeout=CUT_GRACE)
+    if not done:
+        cleanup.cancel()  # an admin handler still running: asyncio.run cancels it on exit
 
 
 def is_admin_command(argv: list[str]) -> bool:
@@ -167,9 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok")
         return 0
+    # Before any listener binds, and before a supervisor starts workers that would each fail
+    # with it: one line, as for a busy port. Workers check again (given --demo by the
+    # supervisor): one restarted after the file changed reads the file anew.
+    refusal = demo_token_refusal(config, demo=args.demo)
+    if refusal is not None:
+        if role.worker:
+            log.error("%s", refusal)  # in the machine's log, tagged
+        else:
+            print(f"{args.config}: {refusal}", file=sys.stderr)
+        return 1
     if config.workers > 1 and not role.worker:
         configure_logging(args.log_level, "[supervisor] ")
-        return Supervisor(args.config, config, args.log_level).run()
+        return Supervisor(args.config, config, args.log_level, demo=args.demo).run()
     try:
         import uvloop
     except ImportError:

@@ -41,6 +41,10 @@ log = logging.getLogger("gateway")  # not "gateway.supervisor": log lines read a
 
 START_TIMEOUT = 30.0  # seconds for every worker to be listening, at start
 STOP_GRACE = 20.0  # seconds workers have to stop after SIGTERM before they are killed
+# Seconds a serving process (alone or a worker) gives the requests in flight after SIGTERM:
+# below STOP_GRACE, so that a worker ends by itself, and below the 10 s that `docker stop`
+# waits by default before SIGKILL, with room for the rest of the stop (cut handlers, access log).
+DRAIN_TIMEOUT = 7.0
 RESTART_BACKOFF = 0.5  # seconds before restarting a dead worker, doubled per recent restart
 RESTART_BACKOFF_MAX = 8.0
 RESTARTS_PER_MINUTE = 5  # a worker slot that dies more often than this stops the gateway
@@ -124,10 +128,13 @@ class Supervisor:
       worker and exits 1 so that the service manager sees the failure.
     """
 
-    def __init__(self, config_path: str, config: GatewayConfig, log_level: str) -> None:
+    def __init__(
+        self, config_path: str, config: GatewayConfig, log_level: str, *, demo: bool = False
+    ) -> None:
         self.config_path = config_path
         self.config = config
         self.log_level = log_level
+        self.demo = demo  # started as the demo (`--demo`): so are its workers
         self.machine = machine_id()
         self.slots = [Slot(i) for i in range(config.workers)]
         self.signals: list[int] = []
@@ -140,6 +147,7 @@ class Supervisor:
             sys.executable, "-m", "gateway", "--config", self.config_path,
             "--log-level", self.log_level, "--worker-of", self.machine,
             "--worker-index", str(slot.index), "--ready-fd", str(ready_fd),
+            *(["--demo"] if self.demo else []),
         ]
 
     def run(self) -> int:

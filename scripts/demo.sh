@@ -24,4 +24,6 @@ for _ in $(seq 100); do
 done
 echo "origin on http://127.0.0.1:9000, gateway on http://127.0.0.1:8080"
 echo "try: curl -si 'http://127.0.0.1:8080/api/v1/loader/code/published?projectId=p1&platform=react' | head -20"
-.venv/bin/python -m gateway --config config/gateway.yaml
+# --demo: this is the demo, so the published token above is accepted; any other start of the
+# gateway refuses to open its admin listener with it.
+.venv/bin/python -m gateway --config config/gateway.yaml --demo

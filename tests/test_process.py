@@ -1,19 +1,28 @@
-"""The command lines as an operator runs them: `--check`, SIGHUP reload, and the admin client,
-against real `python -m gateway` and `python -m origin` processes on loopback."""
+"""The command lines as an operator runs them: `--check`, SIGHUP reload, the admin client, the
+demo token refused outside the demo, and SIGTERM's drain, against real `python -m gateway` and
+`python -m origin` processes on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from tests.processes import fetch, free_port, run_module, serving
+import gateway.__main__ as entry
+from gateway.__main__ import CUT_GRACE, DEMO_ADMIN_TOKEN, demo_token_refusal, drain
+from gateway.config import load_config
+from gateway.supervisor import DRAIN_TIMEOUT, Slot, Supervisor
+from tests.processes import ROOT, fetch, free_port, run_module, serving
 
 TOKEN = "process-test-token"
 BUNDLE = "/api/v1/loader/code/published?projectId=p1&platform=react"
@@ -176,3 +185,168 @@ def test_a_busy_port_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"{config}: cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+
+# ---------------------------------------------------------------- the demo admin token
+
+
+def demo_file(tmp_path: Path) -> Path:
+    """config/gateway.yaml (what scripts/demo.sh serves) as it is, but on free ports."""
+    text = (ROOT / "config" / "gateway.yaml").read_text()
+    for fixed in ("127.0.0.1:8080", "127.0.0.1:8081"):
+        assert text.count(fixed) == 1, f"the demo file no longer listens on {fixed}"
+        text = text.replace(fixed, f"127.0.0.1:{free_port()}")
+    path = tmp_path / "demo.yaml"
+    path.write_text(text)
+    return path
+
+
+def environment(token: str | None) -> dict[str, str]:
+    """This process's environment with GATEWAY_ADMIN_TOKEN set to `token`, or unset."""
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_ADMIN_TOKEN"}
+    return env if token is None else {**env, "GATEWAY_ADMIN_TOKEN": token}
+
+
+def test_the_demo_token_is_refused_outside_the_demo_in_one_line(tmp_path: Path) -> None:
+    config = demo_file(tmp_path)
+    done = run_module("gateway", "--config", str(config), env=environment(None))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"{config}: admin token 'ops' is the demo token 'dev-admin-token'")
+    assert "--demo" in lines[0] and "GATEWAY_ADMIN_TOKEN" in lines[0]
+    # The value counts, wherever it comes from.
+    done = run_module("gateway", "--config", str(config), env=environment(DEMO_ADMIN_TOKEN))
+    assert done.returncode == 1 and "is the demo token" in done.stderr
+    # The file itself is valid (`--check`): only how the gateway is started makes it the demo.
+    checked = run_module("gateway", "--config", str(config), "--check", env=environment(None))
+    assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "token"), [(["--demo"], None), ([], "a-secret-of-our-own")], ids=["demo", "secret"]
+)
+def test_the_demo_starts_with_demo_and_any_start_with_a_secret_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], token: str | None
+) -> None:
+    config = demo_file(tmp_path)
+    monkeypatch.delenv("GATEWAY_ADMIN_TOKEN", raising=False)
+    if token is not None:
+        monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", token)
+    admin = load_config(config, env=environment(token)).admin.listen
+    assert admin is not None
+    admin_url = f"http://127.0.0.1:{admin.port}"
+    with serving(["gateway", "--config", str(config), *flags], f"{admin_url}/healthz"):
+        status, _, _ = fetch(f"{admin_url}/admin/stats", token=token or DEMO_ADMIN_TOKEN)
+        assert status == 200
+
+
+def test_demo_sh_says_it_is_the_demo_and_a_supervisor_tells_its_workers() -> None:
+    demo = (ROOT / "scripts" / "demo.sh").read_text()
+    starts = [line for line in demo.splitlines() if "-m gateway" in line]
+    assert starts and all("--demo" in line for line in starts), starts
+    config = load_config(ROOT / "config" / "gateway.yaml", env={})
+    assert "--demo" in Supervisor("f.yaml", config, "INFO", demo=True).command(Slot(0), 5)
+    assert "--demo" not in Supervisor("f.yaml", config, "INFO").command(Slot(0), 5)
+
+
+def test_only_a_listening_admin_with_the_demo_token_is_refused() -> None:
+    config = load_config(ROOT / "config" / "gateway.yaml", env={})
+    assert demo_token_refusal(config, demo=False) is not None
+    assert demo_token_refusal(config, demo=True) is None
+    closed = config.model_copy(update={"admin": config.admin.model_copy(update={"listen": None})})
+    assert demo_token_refusal(closed, demo=False) is None  # no listener: the token admits nobody
+    secret = load_config(ROOT / "config" / "gateway.yaml", env={"GATEWAY_ADMIN_TOKEN": "s3cret"})
+    assert demo_token_refusal(secret, demo=False) is None
+
+
+# ---------------------------------------------------------------- SIGTERM drains
+
+
+def refused(port: int) -> bool:
+    """Does a new connection to `port` on loopback get refused?"""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_answers_the_request_in_flight_refuses_new_connections_and_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `docker stop` (or a service manager, or the supervisor) does: a request that is at
+    the origin (1.5 s of codegen) when SIGTERM comes is answered in full, a connection made
+    meanwhile is refused, and the process exits 0 once that answer is out."""
+    monkeypatch.setenv("TEST_ADMIN_TOKEN", TOKEN)
+    ports = {"port": free_port(), "admin_port": free_port(), "origin_port": free_port()}
+    config = tmp_path / "gateway.yaml"
+    config.write_text(GATEWAY_YAML.format(name="edge", **ports))
+    origin_url = f"http://127.0.0.1:{ports['origin_port']}"
+    origin = ["origin", "--host", "127.0.0.1", "--port", str(ports["origin_port"]),
+              "--projects", "3", "--codegen-seconds", "1.5"]
+    log = tmp_path / "gateway.log"
+
+    def origin_in_flight() -> int:
+        count: int = json.loads(fetch(f"{origin_url}/__stats")[2])["in_flight"]
+        return count
+
+    with (
+        serving(origin, f"{origin_url}/healthz"),
+        serving(
+            ["gateway", "--config", str(config)],
+            f"http://127.0.0.1:{ports['admin_port']}/healthz", log=log,
+        ) as gateway,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        answer = pool.submit(fetch, f"http://127.0.0.1:{ports['port']}{BUNDLE}")
+        assert wait_for(lambda: origin_in_flight() == 1)
+        stopped_at = time.monotonic()
+        gateway.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: refused(ports["port"]), timeout=1.0), "still accepting"
+        assert refused(ports["admin_port"])
+        assert gateway.poll() is None, "refused because it exited, not because it drains"
+        status, headers, body = answer.result(timeout=DRAIN_TIMEOUT)
+        assert gateway.wait(timeout=DRAIN_TIMEOUT) == 0
+        assert time.monotonic() - stopped_at < DRAIN_TIMEOUT  # it did not wait for the bound
+        assert status == 200 and headers["X-Cache"] == "MISS"
+        assert len(body) == int(headers["Content-Length"]) > 0
+        assert body == fetch(f"{origin_url}{BUNDLE}")[2]  # the whole bundle, as the origin has it
+    assert "stopping: new connections refused" in log.read_text()
+
+
+async def test_a_request_still_running_at_the_drain_bound_is_cut_and_the_drain_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request slower than DRAIN_TIMEOUT (made short here) does not hold the process past
+    DRAIN_TIMEOUT + CUT_GRACE, which must fit in what `docker stop` waits before SIGKILL."""
+    monkeypatch.setattr(entry, "DRAIN_TIMEOUT", 0.3)
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def never_answers(request: web.BaseRequest) -> web.StreamResponse:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    server = web.Server(never_answers, handler_cancellation=True)  # as the public listener's
+    runner = web.ServerRunner(server, shutdown_timeout=0.3)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+    await asyncio.wait_for(entered.wait(), 5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(drain([runner]), 5)
+    assert loop.time() - started < 0.3 + CUT_GRACE
+    assert cancelled.is_set()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, without an answer
+    writer.close()
+    assert DRAIN_TIMEOUT + CUT_GRACE < 10  # `docker stop`'s default wait, with room to exit

@@ -68,6 +68,7 @@ class Stored:
     # 304, where the stored copy is all there is.
     own_headers: list[tuple[str, str]] | None = None
     remote: bool = False  # filled by another instance of the fleet, read from Redis
+    waited: float | None = None  # seconds to the origin's response head (None: not fetched here)
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class Streaming:
     broadcast: Broadcast
     own_headers: list[tuple[str, str]]
     length: str | None  # the Content-Length the origin announced
+    waited: float  # seconds to the origin's response head
 
 
 @dataclass(slots=True)
@@ -224,7 +226,7 @@ class Filler:
             merged = CIMultiDict(validation.merge_not_modified(stale.headers, rh))
             entry = self._entry(look, stale.status, merged, resp, epoch, body=stale.body)
             stored = await self._keep(entry, lease)
-            return Stored(entry, "REVALIDATED", 304, stored)
+            return Stored(entry, "REVALIDATED", 304, stored, waited=resp.waited)
         if (
             stale is not None
             and resp.status in FAILURE_STATUSES
@@ -245,7 +247,7 @@ class Filler:
         await self.store.set_vary(vary_record_key(look.tenant, look.url), entry.vary)
         window = self.settings.max_object_bytes
         broadcast = Broadcast(keep_all=fits, window=window, pending=lambda: flight.waiting)
-        return Streaming(entry, x_cache, resp.status, broadcast, own, length)
+        return Streaming(entry, x_cache, resp.status, broadcast, own, length, resp.waited)
 
     async def _body(
         self,
@@ -287,7 +289,9 @@ class Filler:
         entry.body = broadcast.body()
         stored = await self._keep(entry, lease)
         self.recorder.count(Outcome.STORED if stored else Outcome.NOT_STORED, look.tenant)
-        return Stored(entry, head.x_cache, head.fwd_status, stored, head.own_headers)
+        return Stored(
+            entry, head.x_cache, head.fwd_status, stored, head.own_headers, waited=head.waited
+        )
 
     def _analyse(
         self, look: Lookup, status: int, rh: CIMultiDict[str], resp: OriginResponse

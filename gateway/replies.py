@@ -79,7 +79,10 @@ class Replies:
         entry = fill.entry
         status = self._fill_status(fill, now, fwd, collapsed, stored=fill.stored)
         headers = fill.own_headers if own else None
-        return self.from_entry(req, entry, now, fill.x_cache, status, headers)
+        reply = self.from_entry(req, entry, now, fill.x_cache, status, headers)
+        if own:  # this request's fetch: the access log shows how long the origin took
+            reply.origin_time = fill.waited
+        return reply
 
     def streaming(
         self, req: Incoming, fill: Streaming, now: float, fwd: str, *, collapsed: bool, own: bool
@@ -101,7 +104,8 @@ class Replies:
             return None
         if fill.length is not None:
             extra.append(("Content-Length", fill.length))
-        return Reply(entry.status, [*base, *extra], reader)
+        waited = fill.waited if own else None
+        return Reply(entry.status, [*base, *extra], reader, origin_time=waited)
 
     def _fill_status(
         self,

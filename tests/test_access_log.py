@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -16,7 +17,8 @@ from gateway.access_log import AccessRecord, LineWriter, combined_line, json_lin
 from gateway.config import ConfigError, load_config
 from gateway.exchange import Reply
 from gateway.server import Gateway
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, eventually
+from tests.echo_origin import echo_state
 from tests.test_gateway_http import get, spec
 
 AT = 1_796_126_400.25  # 2026-12-01T12:00:00.250Z
@@ -216,13 +218,32 @@ async def test_a_miss_a_hit_a_bypass_and_an_error_are_logged_as_json(
         assert (line["route"], line["tenant"], line["bytes"]) == ("all", "p1", 5)
         assert line["collapsed"] is False
         assert isinstance(line["duration"], float) and 0 <= line["duration"] < 5
-    assert miss_line["origin_time"] is None  # a cache fill's origin time is not threaded out
+    assert 0 <= miss_line["origin_time"] <= miss_line["duration"]  # this request's fetch
     assert hit_line["origin_time"] is None
     assert (bypass_line["route"], bypass_line["tenant"]) == ("nocache", None)
     assert bypass_line["bytes"] == 100_000  # streamed without a Content-Length: counted
     assert isinstance(bypass_line["origin_time"], float) and bypass_line["origin_time"] >= 0
     assert error_line["route"] is None and error_line["bytes"] > 0
     assert head_line["bytes"] == 0
+
+
+async def test_the_fill_leader_logs_the_origin_time_and_a_joiner_logs_collapsed(
+    echo_origin: TestServer,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gw, gateway = await make_gateway(str(echo_origin.make_url("/")), top_extra="access_log: json")
+    slow = spec("/slow", "Cache-Control:max-age=60", delay="0.3")
+    first = asyncio.ensure_future(get(http, gw, slow))
+    await eventually(lambda: echo_state(echo_origin).in_flight == 1, "the fill at the origin")
+    await get(http, gw, slow)
+    await first
+    lines = [json.loads(line) for line in emitted(gateway, capsys)]
+    leader = next(r for r in lines if not r["collapsed"])
+    joiner = next(r for r in lines if r["collapsed"])
+    assert 0.3 <= leader["origin_time"] <= leader["duration"]
+    assert joiner["origin_time"] is None  # it waited for another request's fetch
 
 
 async def test_combined_lines_through_a_gateway(

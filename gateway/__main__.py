@@ -20,7 +20,13 @@ from aiohttp import web
 
 from gateway import cli
 from gateway.admin import admin_app
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import (
+    DEMO_ADMIN_TOKEN,
+    ConfigError,
+    GatewayConfig,
+    demo_token_refusal,
+    load_config,
+)
 from gateway.server import Gateway, public_server
 from gateway.supervisor import DRAIN_TIMEOUT, Role, Supervisor, watch_supervisor
 
@@ -32,34 +38,6 @@ CUT_GRACE = 1.0  # seconds for the handlers cut at the end of a drain to finish 
 
 class CannotListen(Exception):
     """A listen address is taken or not ours: one line for the operator, not a traceback."""
-
-
-# The admin token of the demo routing files (config/gateway.yaml, config/fleet.yaml) when
-# GATEWAY_ADMIN_TOKEN is unset. The README prints it, so it is no secret: an admin listener
-# that accepts it is open to anyone who can reach it.
-DEMO_ADMIN_TOKEN = "dev-admin-token"
-
-
-def demo_token_refusal(config: GatewayConfig, *, demo: bool) -> str | None:
-    """Why the admin listener must not start, or None: one of its tokens is the published demo
-    token and this start did not say it is the demo (`--demo`, which scripts/demo.sh passes).
-
-    Checked when the process starts its listeners, not when the file is parsed: the file is
-    valid either way (the tests and `--check` read the demo file as it is), and only the way
-    the gateway is started says whether it is the demo. A flag rather than an environment
-    variable, so that it is seen on the command line (and in `ps`), and cannot be inherited
-    by accident from a shell or an image."""
-    if demo or config.admin.listen is None:  # without a listener, the tokens admit nobody
-        return None
-    for token in config.admin.tokens:
-        if token.token.strip() == DEMO_ADMIN_TOKEN:
-            return (
-                f"admin token {token.name!r} is the demo token {DEMO_ADMIN_TOKEN!r}, which anyone"
-                " can read in the README: refusing to start the admin listener with it; give it"
-                " a secret of your own (the demo files read GATEWAY_ADMIN_TOKEN), or pass --demo"
-                " to run the demo"
-            )
-    return None
 
 
 def version() -> str:
@@ -109,11 +87,11 @@ def raise_file_limit(connections: int) -> None:
         )
 
 
-async def serve(config: GatewayConfig, role: Role | None = None) -> None:
+async def serve(config: GatewayConfig, role: Role | None = None, *, demo: bool = False) -> None:
     """Serve until SIGINT/SIGTERM (SIGHUP reloads): the only process, or one worker."""
     role = role or Role.alone()
     raise_file_limit(config.max_connections)
-    gateway = Gateway(config, machine=role.machine, worker=role.index)
+    gateway = Gateway(config, machine=role.machine, worker=role.index, demo=demo)
     if role.supervisor is not None:
         supervisor = role.supervisor
         gateway.reload_all = lambda: os.kill(supervisor, signal.SIGHUP)
@@ -140,7 +118,8 @@ async def serve(config: GatewayConfig, role: Role | None = None) -> None:
             try:
                 await site.start()
             except OSError as exc:
-                raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's is long
+                raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
             log.info("listening on http://%s:%d", host, port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -254,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run = uvloop.run
     try:
-        run(serve(config, role))
+        run(serve(config, role, demo=args.demo))
     except CannotListen as exc:
         if role.worker:
             log.error("%s", exc)  # in the machine's log, tagged

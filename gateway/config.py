@@ -790,3 +790,32 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         issues.sort(key=lambda i: (i.line or 0, i.field))
         raise ConfigError(issues)
     return config.model_copy(update={"source_path": file})
+
+
+# The admin token of the demo routing files (config/gateway.yaml, config/fleet.yaml) when
+# GATEWAY_ADMIN_TOKEN is unset. The README prints it, so it is no secret: an admin listener
+# that accepts it is open to anyone who can reach it.
+DEMO_ADMIN_TOKEN = "dev-admin-token"
+
+
+def demo_token_refusal(config: GatewayConfig, *, demo: bool) -> str | None:
+    """Why the admin listener must not start, or None: one of its tokens is the published demo
+    token and this start did not say it is the demo (`--demo`, which scripts/demo.sh passes).
+
+    Checked when the process starts its listeners, not when the file is parsed: the file is
+    valid either way (the tests and `--check` read the demo file as it is), and only the way
+    the gateway is started says whether it is the demo. A flag rather than an environment
+    variable, so that it is seen on the command line (and in `ps`), and cannot be inherited
+    by accident from a shell or an image. A reload that would bring the token in is refused
+    the same way (`Gateway.reload`)."""
+    if demo or config.admin.listen is None:  # without a listener, the tokens admit nobody
+        return None
+    for token in config.admin.tokens:
+        if token.token.strip() == DEMO_ADMIN_TOKEN:
+            return (
+                f"admin token {token.name!r} is the demo token {DEMO_ADMIN_TOKEN!r}, which anyone"
+                " can read in the README: refusing to start the admin listener with it; give it"
+                " a secret of your own (the demo files read GATEWAY_ADMIN_TOKEN), or pass --demo"
+                " to run the demo"
+            )
+    return None

@@ -13,7 +13,13 @@ from aiohttp import web
 from gateway.access_log import FORMATTERS, AccessRecord, LineWriter, reply_fields
 from gateway.cache import Cache
 from gateway.canonical import BadRequest, absolute_target, keyed_url, parse_target
-from gateway.config import ConfigError, ConfigIssue, GatewayConfig, load_config
+from gateway.config import (
+    ConfigError,
+    ConfigIssue,
+    GatewayConfig,
+    demo_token_refusal,
+    load_config,
+)
 from gateway.exchange import Reply
 from gateway.fleet.census import Census
 from gateway.fleet.control import purge_event
@@ -84,8 +90,10 @@ class Gateway:
         *,
         machine: str | None = None,
         worker: int = 0,
+        demo: bool = False,
     ) -> None:
         self.config = config
+        self.demo = demo  # started with --demo: the published demo admin token is accepted
         self.started_with = config  # RESTART_ONLY settings keep these values until a restart
         self.clock = clock  # the one wall clock: cache decisions, origin times, purges, busts
         self.router = Router(config)
@@ -188,9 +196,14 @@ class Gateway:
     def reload(self) -> list[str]:
         """Re-read the routing file; on ConfigError the running config stays as it was.
         Returns the settings that changed but take effect only at the next restart."""
-        if self.config.source_path is None:
+        path = self.config.source_path
+        if path is None:
             raise ConfigError([ConfigIssue("<none>", None, "", "config was not read from a file")])
-        return self.apply(load_config(self.config.source_path))
+        config = load_config(path)
+        refusal = demo_token_refusal(config, demo=self.demo)
+        if refusal is not None:
+            raise ConfigError([ConfigIssue(str(path), None, "admin.tokens", refusal)])
+        return self.apply(config)
 
     def apply(self, config: GatewayConfig) -> list[str]:
         """Take `config` for new requests; returns the settings fixed at start that it

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.config import DEMO_ADMIN_TOKEN
 from gateway.server import Gateway
 from origin.app import create_app
 from origin.settings import OriginSettings
@@ -278,6 +279,19 @@ async def test_reload_of_a_broken_file_keeps_the_old_routes_and_names_the_line(
     assert issue["field"] == "routes[0].surprise"
     assert issue["line"] == good.splitlines().index("    origin: o") + 2
     assert await admin.x_cache(path) == "HIT"
+
+
+async def test_reload_that_brings_in_the_demo_token_is_refused_outside_the_demo(
+    admin: Admin, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(config_file.read_text().replace(OPS, DEMO_ADMIN_TOKEN))
+    status, answer = await admin.call("/admin/reload", {})
+    assert status == 400
+    [issue] = answer["issues"]
+    assert issue["field"] == "admin.tokens" and "--demo" in issue["message"]
+    status, _ = await admin.call("/admin/stats")
+    assert status == 200  # the running tokens are kept
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "routes: []\n"])

@@ -26,8 +26,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.__main__ import DEMO_ADMIN_TOKEN, demo_token_refusal
-from gateway.config import ConfigError, GatewayConfig, Listen, load_config
+from gateway.config import (
+    DEMO_ADMIN_TOKEN,
+    ConfigError,
+    GatewayConfig,
+    Listen,
+    demo_token_refusal,
+    load_config,
+)
 from gateway.healthcheck import health_url
 from tests.processes import ROOT, free_port, run_module, serving
 

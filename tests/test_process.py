@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 
 import gateway.__main__ as entry
-from gateway.__main__ import CUT_GRACE, DEMO_ADMIN_TOKEN, demo_token_refusal, drain
-from gateway.config import load_config
+from gateway.__main__ import CUT_GRACE, drain
+from gateway.config import DEMO_ADMIN_TOKEN, demo_token_refusal, load_config
 from gateway.supervisor import DRAIN_TIMEOUT, Slot, Supervisor
 from tests.processes import ROOT, fetch, free_port, run_module, serving
 
@@ -184,7 +184,8 @@ def test_a_busy_port_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
         done = run_module("gateway", "--config", str(config))
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert f"{config}: cannot listen on 127.0.0.1:{port}" in done.stderr
+    said = done.stderr.strip()
+    assert said == f"{config}: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -80,13 +81,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = settings_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
-        loop=_new_loop(),
-    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
+            loop=_new_loop(),
+        )
+    except OSError as exc:  # the port is taken (or not ours): one line, not a traceback
+        where = f"{settings.host}:{settings.port}"
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's text is long
+        print(f"origin: cannot listen on {where}: {reason}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -324,3 +325,15 @@ def test_cli_serves(tmp_path: Path) -> None:
         assert status == 200
         assert headers["Surrogate-Key"] == "project:p3 project:p3:v1"
         assert len(body) >= 30_000
+
+
+def test_a_busy_port_is_one_line_and_a_non_zero_exit() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_module("origin", "--host", "127.0.0.1", "--port", str(port))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    said = done.stderr.strip()
+    assert said == f"origin: cannot listen on 127.0.0.1:{port}: Address already in use"

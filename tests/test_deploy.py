@@ -89,23 +89,11 @@ def known(name: str, names: frozenset[str]) -> bool:
 
 
 @needs_promtool
-def test_promtool_check_rules() -> None:
+@pytest.mark.parametrize(("command", "path"), [("check", ALERTS), ("test", ALERTS_TEST)])
+def test_promtool_checks_and_unit_tests_the_rules(command: str, path: Path) -> None:
     assert PROMTOOL is not None
     done = subprocess.run(
-        [PROMTOOL, "check", "rules", str(ALERTS.relative_to(ROOT))],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-@needs_promtool
-def test_promtool_test_rules() -> None:
-    assert PROMTOOL is not None
-    done = subprocess.run(
-        [PROMTOOL, "test", "rules", str(ALERTS_TEST.relative_to(ROOT))],
+        [PROMTOOL, command, "rules", str(path.relative_to(ROOT))],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -5,7 +5,8 @@ sequence of requests. (Two worker processes summed in one scrape: tests/test_wor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -158,6 +159,35 @@ routes:
 """
 
 
+@dataclass
+class Stack:
+    """A gateway (public and admin listeners) in front of the echo origin."""
+
+    gw: TestServer
+    gateway: Gateway
+    admin: TestServer
+    echo: TestServer
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+def start(
+    make_gateway: GatewayFactory,
+    echo_origin: TestServer,
+    start_admin: Callable[[Gateway], Awaitable[TestServer]],
+) -> StackFactory:
+    """`await start(edit=..., extra_admin=...)`: `gateway_yaml`, changed by `edit`, served."""
+
+    async def go(edit: Callable[[str], str] = str, extra_admin: str = "") -> Stack:
+        text = edit(gateway_yaml(echo_origin, free_port(), extra_admin))
+        gw, gateway = await make_gateway("", yaml_text=text)
+        return Stack(gw, gateway, await start_admin(gateway), echo_origin)
+
+    return go
+
+
 async def scrape(
     http: aiohttp.ClientSession, admin: TestServer, token: str | None = None
 ) -> Samples:
@@ -169,24 +199,22 @@ async def scrape(
 
 
 async def test_a_scrape_counts_a_miss_two_hits_a_stampede_and_origin_failures(
-    make_gateway: GatewayFactory,
-    echo_origin: TestServer,
-    start_admin,  # type: ignore[no-untyped-def]
+    start: StackFactory,
     http: aiohttp.ClientSession,
 ) -> None:
-    gw, gateway = await make_gateway("", yaml_text=gateway_yaml(echo_origin, free_port()))
-    admin = await start_admin(gateway)
+    stack = await start()
+    gw, admin, origin = stack.gw, stack.admin, stack.echo
     page = spec("/a", CACHED, projectId="p1")
     statuses = [(await get(http, gw, page))[0].headers["X-Cache"] for _ in range(3)]
     assert statuses == ["MISS", "HIT", "HIT"]
 
     held = spec("/s", CACHED, projectId="p1", hold="s")
-    echo_state(echo_origin).gate("s").clear()
+    echo_state(origin).gate("s").clear()
     stampede = [asyncio.ensure_future(get(http, gw, held)) for _ in range(5)]
-    await eventually(lambda: echo_state(echo_origin).in_flight == 1, "the fill at the origin")
+    await eventually(lambda: echo_state(origin).in_flight == 1, "the fill at the origin")
     during = await scrape(http, admin)
     assert value(during, "gateway_origin_in_flight", origin="o") == 1
-    echo_state(echo_origin).gate("s").set()
+    echo_state(origin).gate("s").set()
     answers = await asyncio.gather(*stampede)
     assert all(resp.status == 200 for resp, _ in answers)
 
@@ -221,18 +249,15 @@ async def test_a_scrape_counts_a_miss_two_hits_a_stampede_and_origin_failures(
 
 
 async def test_an_open_breaker_and_its_refusals_show(
-    make_gateway: GatewayFactory,
-    echo_origin: TestServer,
-    start_admin,  # type: ignore[no-untyped-def]
+    start: StackFactory,
     http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    text = gateway_yaml(echo_origin, free_port()).replace(
+    stack = await start(lambda text: text.replace(
         "connect_timeout: 1s, retries: 0", "connect_timeout: 1s, retries: 0,"
         " breaker: {failures: 2, reset: 30s}"
-    ).replace("origin: dead\n", "origin: dead\n    cache: false\n")
-    gw, gateway = await make_gateway("", yaml_text=text)
-    admin = await start_admin(gateway)
+    ).replace("origin: dead\n", "origin: dead\n    cache: false\n"))
+    gw, admin = stack.gw, stack.admin
     answers = [(await get(http, gw, f"/dead/{i}"))[0] for i in range(4)]
     assert [resp.status for resp in answers] == [502, 502, 503, 503]
     assert {resp.headers["X-Cache"] for resp in answers} == {"BYPASS"}  # an uncached route
@@ -251,16 +276,13 @@ async def test_an_open_breaker_and_its_refusals_show(
 
 
 async def test_evictions_are_counted_by_tenant_and_bound(
-    make_gateway: GatewayFactory,
-    echo_origin: TestServer,
-    start_admin,  # type: ignore[no-untyped-def]
+    start: StackFactory,
     http: aiohttp.ClientSession,
 ) -> None:
-    text = gateway_yaml(echo_origin, free_port()).replace(
+    stack = await start(lambda text: text.replace(
         "p1: {max_bytes: 1MiB}", "p1: {max_bytes: 300KiB}"
-    )
-    gw, gateway = await make_gateway("", yaml_text=text)
-    admin = await start_admin(gateway)
+    ))
+    gw, gateway, admin = stack.gw, stack.gateway, stack.admin
     for i in range(8):  # 100 KiB each: p1's quota holds two or three
         resp, _ = await get(http, gw, spec(f"/big{i}", CACHED, projectId="p1",
                                            body="size:102400"))
@@ -274,13 +296,11 @@ async def test_evictions_are_counted_by_tenant_and_bound(
 
 
 async def test_a_tenant_purged_to_nothing_holds_zero_bytes_in_the_next_scrape(
-    make_gateway: GatewayFactory,
-    echo_origin: TestServer,
-    start_admin,  # type: ignore[no-untyped-def]
+    start: StackFactory,
     http: aiohttp.ClientSession,
 ) -> None:
-    gw, gateway = await make_gateway("", yaml_text=gateway_yaml(echo_origin, free_port()))
-    admin = await start_admin(gateway)
+    stack = await start()
+    gw, gateway, admin = stack.gw, stack.gateway, stack.admin
     await get(http, gw, spec("/a", CACHED, projectId="p1"))
     assert value(await scrape(http, admin), "gateway_cache_bytes", tier="memory",
                  tenant="p1") > 0
@@ -291,14 +311,10 @@ async def test_a_tenant_purged_to_nothing_holds_zero_bytes_in_the_next_scrape(
 
 
 async def test_metrics_token_is_required_once_configured(
-    make_gateway: GatewayFactory,
-    echo_origin: TestServer,
-    start_admin,  # type: ignore[no-untyped-def]
+    start: StackFactory,
     http: aiohttp.ClientSession,
 ) -> None:
-    text = gateway_yaml(echo_origin, free_port(), 'metrics_token: "scrape-me"')
-    _, gateway = await make_gateway("", yaml_text=text)
-    admin = await start_admin(gateway)
+    admin = (await start(extra_admin='metrics_token: "scrape-me"')).admin
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}"}):
         async with http.get(admin.make_url("/metrics"), headers=headers) as resp:
             assert resp.status == 401
@@ -309,13 +325,10 @@ async def test_metrics_token_is_required_once_configured(
 
 
 async def test_metrics_is_open_without_a_token_and_never_cached(
-    make_gateway: GatewayFactory,
-    echo_origin: TestServer,
-    start_admin,  # type: ignore[no-untyped-def]
+    start: StackFactory,
     http: aiohttp.ClientSession,
 ) -> None:
-    _, gateway = await make_gateway("", yaml_text=gateway_yaml(echo_origin, free_port()))
-    admin = await start_admin(gateway)
+    admin = (await start()).admin
     async with http.get(admin.make_url("/metrics")) as resp:
         assert resp.status == 200
         assert resp.headers["Cache-Control"] == "no-store"

@@ -44,6 +44,7 @@ READY_PATH = "/__bench/ready"  # any HTTP answer on it means the listener serves
 ADMIN_TOKEN = "bench-admin-token"
 READY_TIMEOUT = 30.0  # seconds a child gets to start serving
 STOP_TIMEOUT = 5.0  # seconds a child gets to exit on SIGTERM before SIGKILL
+REDIS_READY_TIMEOUT = 5.0  # seconds a new redis-server gets to answer PING
 CPUS = os.cpu_count() or 1
 POOL_SIZE = 15  # the origin's DB pool, passed explicitly so the figures can name it
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
@@ -237,27 +238,42 @@ class Stack:
         argv += ["--log-level", "WARNING"]
         return self.spawn("origin", argv, port, "/healthz")
 
-    def gateway(self, origin: Service) -> Service:
-        """The gateway on the demo routing file, ports swapped, plus a pass-through route."""
+    def gateway(self, origin: Service, workers: int = 1) -> Service:
+        """The gateway on the demo routing file, ports swapped, plus a pass-through route.
+        With `workers` above 1, a supervisor and its workers sharing a redis-server of their
+        own (the fleet is what lets workers share one cache)."""
         port, admin_port = free_port(), free_port()
-        path = self.dir / "gateway.yaml"
+        name = "gateway" if workers == 1 else f"gateway-{workers}w"
+        path = self.dir / f"{name}.yaml"
         config = gateway_config(origin.url, port, admin_port)
+        if workers > 1:
+            redis = self.redis(name)
+            config["workers"] = workers
+            config["redis"] = {"url": f"redis://{HOST}:{redis.port}/0", "timeout": "100ms"}
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [sys.executable, "-m", "gateway", "--config", str(path), "--log-level", "WARNING"]
-        service = self.spawn("gateway", argv, port, READY_PATH)
+        service = self.spawn(name, argv, port, READY_PATH)
         service.admin_port = admin_port
         return service
 
-    def nginx(self, origin: Service) -> Service | None:
-        """nginx with proxy_cache (+ proxy_cache_lock) on one worker, or None if not installed."""
+    def redis(self, tag: str) -> Service:
+        """redis-server on a free loopback port, no persistence, stopped with the stack."""
+        return _start_redis(self, tag)
+
+    def nginx(self, origin: Service, workers: int = 1) -> Service | None:
+        """nginx with proxy_cache (+ proxy_cache_lock) on `workers` workers, or None if not
+        installed."""
         binary = shutil.which("nginx") or next((p for p in NGINX_PATHS if Path(p).exists()), None)
         if binary is None:
             return None
         port = free_port()
-        conf = self.dir / "nginx.conf"
-        conf.write_text(nginx_config(self.dir, port, origin.port))
-        argv = [binary, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "nginx.err")]
-        return self.spawn("nginx", argv, port, READY_PATH)
+        name = "nginx" if workers == 1 else f"nginx-{workers}w"
+        directory = self.dir / name
+        directory.mkdir(exist_ok=True)
+        conf = directory / "nginx.conf"
+        conf.write_text(nginx_config(directory, port, origin.port, workers))
+        argv = [binary, "-p", str(directory), "-c", str(conf), "-e", str(directory / "nginx.err")]
+        return self.spawn(name, argv, port, READY_PATH)
 
     def dict_cache(self, origin: Service) -> Service:
         """The reference: a minimal aiohttp dict cache with single flight (bench/_dictcache.py)."""
@@ -302,6 +318,44 @@ def _wait_ready(service: Service, path: str) -> None:
     raise RuntimeError(f"{service.name} not ready after {READY_TIMEOUT}s:\n{service.log_tail()}")
 
 
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _start_redis(stack: Stack, tag: str) -> Service:
+    """redis-server on a free loopback port, no persistence, stopped with the stack."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server not found (apt-get install -y redis-server)")
+    port = free_port()
+    log_path = stack.dir / f"redis-{tag}.log"
+    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    argv += ["--protected-mode", "no", "--dir", str(stack.dir)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=stack.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    service = Service(f"redis-{tag}", proc, port, log_path)
+    stack.services.append(service)
+    deadline = time.monotonic() + REDIS_READY_TIMEOUT
+    while not _redis_ping(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not answer PING:\n{service.log_tail()}")
+        time.sleep(0.01)
+    return service
+
+
 def gateway_config(origin_url: str, port: int, admin_port: int) -> dict[str, Any]:
     """config/gateway.yaml (what the demo runs) with free ports, a bench admin token and a
     `cache: false` route selected by Host: pass.bench to the same origin, same paths."""
@@ -323,7 +377,7 @@ def gateway_config(origin_url: str, port: int, admin_port: int) -> dict[str, Any
 
 
 NGINX_CONF = """\
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/nginx.err warn;
@@ -369,10 +423,12 @@ http {{
 """
 
 
-def nginx_config(directory: Path, port: int, origin_port: int) -> str:
-    """One worker (the gateway is one process on one loop); the lock so waiters collapse."""
+def nginx_config(directory: Path, port: int, origin_port: int, workers: int = 1) -> str:
+    """One worker by default (the gateway is one process on one loop); the lock so waiters
+    collapse."""
     user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would be `nobody`
     return NGINX_CONF.format(
+        workers=workers,
         dir=directory,
         user=user,
         host=HOST,

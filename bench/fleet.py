@@ -62,10 +62,7 @@ import math
 import os
 import random
 import shlex
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -87,7 +84,6 @@ FILL_CONNECTIONS = 64  # ... of the L2 pre-fill through A
 WARM_REQUESTS = 1000  # untimed hits before each timed hot-key case
 HOT_ROUNDS = 3  # alternating rounds of the hot-key cases, the best of each counts
 REQUEST_TIMEOUT = 10.0  # seconds any one bench request may take
-REDIS_READY_TIMEOUT = 5.0
 FLEET_READY_TIMEOUT = 10.0  # seconds for a new instance to follow the purge stream
 PROPAGATION_TIMEOUT = 2.0  # seconds a purge gets to reach B and C before it counts as lost
 POLL_INTERVAL = 0.0005  # seconds between two stats polls of one instance
@@ -161,44 +157,6 @@ def spawn_gateway(
     argv = [sys.executable, "-m", "gateway", "--config", str(path), "--log-level", "WARNING"]
     service = stack.spawn(name, argv, port, h.READY_PATH)
     service.admin_port = admin_port
-    return service
-
-
-def _redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection((h.HOST, port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def start_redis(stack: h.Stack, tag: str) -> h.Service:
-    """redis-server on a free loopback port, no persistence, stopped with the stack."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found (apt-get install -y redis-server)")
-    port = h.free_port()
-    log_path = stack.dir / f"redis-{tag}.log"
-    argv = [binary, "--port", str(port), "--bind", h.HOST, "--save", "", "--appendonly", "no"]
-    argv += ["--protected-mode", "no", "--dir", str(stack.dir)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            cwd=stack.dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=h._die_with_parent if sys.platform == "linux" else None,
-        )
-    service = h.Service(f"redis-{tag}", proc, port, log_path)
-    stack.services.append(service)
-    deadline = time.monotonic() + REDIS_READY_TIMEOUT
-    while not _redis_ping(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server did not answer PING:\n{service.log_tail()}")
-        time.sleep(0.01)
     return service
 
 
@@ -893,7 +851,7 @@ async def run_once(
     label = f"run {run}/{args.repeat}"
     tag = f"r{run}-{os.getpid()}"
     with h.phase(f"{label}: new redis-server and fleet of {len(NAMES)} gateway processes"):
-        redis = start_redis(stack, f"r{run}")
+        redis = stack.redis(f"r{run}")
         fleet = [spawn_gateway(stack, origin, f"fleet-{n}-r{run}", redis) for n in NAMES]
         async with session() as http:
             await wait_following(http, fleet)

@@ -16,7 +16,11 @@ Cases (each warmed first, then checked to answer X-Cache: HIT, then loaded for -
   pass small  /healthz through the same route: a tiny body and almost no origin work, so it
               shows what one proxy hop costs the gateway itself
 
-    .venv/bin/python bench/hit.py [--duration 5] [--connections 50] [--keys 1000]
+With --workers N the hit cases run again on the gateway with `workers: N` (its workers share
+a redis-server, as a fleet) and on nginx with N worker processes, wrk with N threads: how the
+hit rate scales with the cores.
+
+    .venv/bin/python bench/hit.py [--duration 5] [--connections 50] [--keys 1000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -80,21 +84,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tool", choices=("auto", "wrk", "python"), default="auto", help="load generator"
     )
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx column")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="also run the hit cases on the gateway with `workers: N` (and a redis-server) and"
+        " on nginx with N worker processes, loaded by wrk with N threads",
+    )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
 
 
 # ---------------------------------------------------------------- load generators
 
 
 def wrk_load(
-    url: str, paths: Sequence[str], args: argparse.Namespace, workdir: Path, host: str | None
+    url: str,
+    paths: Sequence[str],
+    args: argparse.Namespace,
+    workdir: Path,
+    host: str | None,
+    threads: int = 1,
 ) -> Load:
-    """wrk -t1 (one client core, leaving the other to the server), bounded by -d."""
+    """wrk -t1 (one client core, leaving the other to the server), bounded by -d; more threads
+    for servers of several processes."""
     paths_file = workdir / "wrk-paths.txt"
     paths_file.write_text("\n".join(paths) + "\n")
     script = workdir / "wrk-paths.lua"
     script.write_text(WRK_SCRIPT.format(paths=paths_file))
-    argv = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
+    argv = ["wrk", f"-t{threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
     argv += ["--timeout", "10s", "-s", str(script)]
     if host is not None:
         argv += ["-H", f"Host: {host}"]
@@ -180,6 +198,7 @@ class Case:
     name: str
     paths: list[str]
     pass_through: bool = False
+    threads: int = 1  # wrk threads: one per server process in the --workers cases
 
 
 async def warm(
@@ -205,7 +224,6 @@ class Bench:
     tool: str
     stack: h.Stack
     origin: h.Service
-    gateway: h.Service
     runs: list[Run] = field(default_factory=list)
 
     async def measure(self, case: Case, name: str, svc: h.Service) -> None:
@@ -217,7 +235,7 @@ class Bench:
         with h.phase(f"{case.name}: {name} for {self.args.duration}s"):
             if self.tool == "wrk":
                 load = await asyncio.to_thread(
-                    wrk_load, svc.url, case.paths, self.args, self.stack.dir, host
+                    wrk_load, svc.url, case.paths, self.args, self.stack.dir, host, case.threads
                 )
             else:
                 load = await python_load(svc.url, case.paths, self.args, host)
@@ -225,9 +243,22 @@ class Bench:
         async with h.client_session() as session:
             origin_requests = (await h.origin_stats(session, self.origin))["requests_total"]
         rss = "-"
-        if svc is self.gateway:
+        if svc.name.startswith("gateway"):
             rss = f"{h.fmt_mib(rss_before)} -> {h.fmt_mib(svc.rss_mib())}"
         self.runs.append(Run(case.name, name, load, origin_requests, cpu, rss))
+
+    async def hits(self, cases: Sequence[Case], caches: dict[str, h.Service | None]) -> None:
+        """Each case on each cache: warmed (and checked to answer HIT), then loaded."""
+        for case in cases:
+            async with h.client_session() as session:
+                for name, svc in caches.items():
+                    if svc is not None:
+                        with h.phase(f"warming {len(case.paths)} key(s) on {name}"):
+                            hits, total = await warm(session, svc, case.paths)
+                        print(f"    X-Cache: HIT on {hits}/{total} before measuring")
+            for name, svc in caches.items():
+                if svc is not None:
+                    await self.measure(case, name, svc)
 
 
 async def bench(args: argparse.Namespace, stack: h.Stack) -> None:
@@ -242,26 +273,26 @@ async def bench(args: argparse.Namespace, stack: h.Stack) -> None:
         gateway = stack.gateway(origin)
         nginx = None if args.no_nginx else stack.nginx(origin)
         dict_cache = stack.dict_cache(origin)
-    run = Bench(args, tool, stack, origin, gateway)
+    run = Bench(args, tool, stack, origin)
     caches = {"gateway": gateway, "nginx": nginx, "dict-cache": dict_cache}
     proxies = {"gateway": gateway, "nginx": nginx, "origin": origin}
 
     hot = Case("hot key", [h.bundle_path("p1")])
     many = Case(f"{args.keys} keys", [h.bundle_path(f"p{i}") for i in range(1, args.keys + 1)])
-    for case in (hot, many):
-        async with h.client_session() as session:
-            for name, svc in caches.items():
-                if svc is not None:
-                    with h.phase(f"warming {len(case.paths)} key(s) on {name}"):
-                        hits, total = await warm(session, svc, case.paths)
-                    print(f"    X-Cache: HIT on {hits}/{total} before measuring")
-        for name, svc in caches.items():
-            if svc is not None:
-                await run.measure(case, name, svc)
+    await run.hits((hot, many), caches)
     for case in (Case("pass bundle", hot.paths, True), Case("pass small", ["/healthz"], True)):
         for name, svc in proxies.items():
             if svc is not None:
                 await run.measure(case, name, svc)
+    if args.workers > 1:
+        n = args.workers
+        with h.phase(f"starting the gateway and nginx with {n} workers"):
+            several = {f"gateway x{n}": stack.gateway(origin, n)}
+            nginx_n = None if args.no_nginx else stack.nginx(origin, n)
+            if nginx_n is not None:
+                several[f"nginx x{n}"] = nginx_n
+        cases = [Case(f"{c.name} x{n}", c.paths, threads=n) for c in (hot, many)]
+        await run.hits(cases, several)
     report(args, tool, run.runs, nginx is not None)
 
 
@@ -307,6 +338,17 @@ def report(args: argparse.Namespace, tool: str, runs: list[Run], with_nginx: boo
         ("gateway hit / gateway pass, small", "hot key", "gateway", "pass small", "gateway"),
         ("gateway pass / nginx pass, small", "pass small", "gateway", "pass small", "nginx"),
     ]
+    n = args.workers
+    if n > 1:
+        pairs += [
+            (f"gateway x{n} / gateway x1, hot key", f"hot key x{n}", f"gateway x{n}", "hot key",
+             "gateway"),
+            (f"nginx x{n} / nginx x1, hot key", f"hot key x{n}", f"nginx x{n}", "hot key", "nginx"),
+            (f"gateway x{n} / nginx x{n}, hot key", f"hot key x{n}", f"gateway x{n}",
+             f"hot key x{n}", f"nginx x{n}"),
+            (f"gateway x{n} / nginx x{n}, {keys}", f"{keys} x{n}", f"gateway x{n}", f"{keys} x{n}",
+             f"nginx x{n}"),
+        ]
     ratios = []
     for label, case_a, a, case_b, b in pairs:
         num, den = rps.get((case_a, a)), rps.get((case_b, b))

@@ -12,6 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.access_log import AccessRecord, LineWriter, combined_line, json_line, reply_fields
 from gateway.config import ConfigError, load_config
@@ -80,6 +82,45 @@ def test_json_line_unknowns_are_null_and_client_values_cannot_break_the_line() -
     data = json.loads(line)
     assert data["path"] == hostile and data["user_agent"] == "a\nb"
     assert data["bytes"] is None and data["cache"] is None and data["route"] is None
+
+
+def json_dumps_line(r: AccessRecord) -> str:
+    """The reference json_line is held to: the generic encoder on the same fields."""
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.time))
+    rounded = None if r.origin_time is None else round(r.origin_time, 6)
+    return json.dumps(
+        {
+            "time": f"{iso}.{int((r.time % 1) * 1000):03d}Z", "method": r.method,
+            "host": r.host, "path": r.path, "protocol": r.protocol, "status": r.status,
+            "bytes": r.bytes, "duration": round(r.duration, 6), "cache": r.cache,
+            "tenant": r.tenant, "route": r.route, "origin_time": rounded,
+            "collapsed": r.collapsed, "client": r.client, "referer": r.referer,
+            "user_agent": r.user_agent,
+        },
+        separators=(",", ":"),
+    )
+
+
+client_text = st.none() | st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
+seconds = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@given(
+    at=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    path=st.text(max_size=60),
+    host=client_text, user_agent=client_text, referer=client_text, cache=client_text,
+    sent=st.none() | st.integers(min_value=0, max_value=1 << 40),
+    duration=seconds, origin_time=st.none() | seconds, collapsed=st.booleans(),
+)
+def test_json_line_is_exactly_what_the_json_encoder_makes(
+    at: float, path: str, host: str | None, user_agent: str | None, referer: str | None,
+    cache: str | None, sent: int | None, duration: float, origin_time: float | None,
+    collapsed: bool,
+) -> None:
+    r = record(time=at, path=path, host=host, user_agent=user_agent, referer=referer,
+               cache=cache, bytes=sent, duration=duration, origin_time=origin_time,
+               collapsed=collapsed)
+    assert json_line(r) == json_dumps_line(r)
 
 
 def test_combined_line_is_nginx_combined_plus_the_cache_status() -> None:

@@ -1,0 +1,1 @@
+"""Candidate servers and parser experiments of bench/layers.py (see its docstring)."""

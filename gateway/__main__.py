@@ -18,7 +18,7 @@ import sys
 
 from aiohttp import web
 
-from gateway import cli
+from gateway import cli, gcwatch, heap
 from gateway.admin import admin_app
 from gateway.config import (
     DEMO_ADMIN_TOKEN,
@@ -91,6 +91,7 @@ async def serve(config: GatewayConfig, role: Role | None = None, *, demo: bool =
     """Serve until SIGINT/SIGTERM (SIGHUP reloads): the only process, or one worker."""
     role = role or Role.alone()
     raise_file_limit(config.max_connections)
+    heap.tune()  # before the cache holds anything: large bodies in mappings of their own
     gateway = Gateway(config, machine=role.machine, worker=role.index, demo=demo)
     if role.supervisor is not None:
         supervisor = role.supervisor
@@ -127,6 +128,8 @@ async def serve(config: GatewayConfig, role: Role | None = None, *, demo: bool =
         loop.add_signal_handler(signal.SIGHUP, reload_on_signal, gateway)
         if role.supervisor is not None:
             watch = loop.create_task(watch_supervisor(role.supervisor, stop))
+        # What start-up built lives as long as the process: no collection need walk it again.
+        log.debug("gc: %d objects frozen after start-up", gcwatch.after_start())
         role.ready()
         await stop.wait()
         log.info("stopping: new connections refused, requests in flight have up to %.0f s",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from gateway.canonical import Target, fill_fields, keyed_url, query_values
 from gateway.exchange import Incoming
+from gateway.gcwatch import untracked
 from gateway.generations import Generations
 from gateway.key import primary_key, secondary_key
 from gateway.router import DEFAULT_TENANT, Route, tenant_of
@@ -109,7 +110,10 @@ class Locator:
             if len(target.path) + len(target.query or "") <= URL_MEMORY_TARGET:
                 if len(self.memory) >= URL_MEMORY:
                     del self.memory[next(iter(self.memory))]  # the oldest goes
-                self.memory[memo_key] = known
+                # Records of strings, which no collection need walk (one holding a record
+                # the collector cannot tell apart from one that may form a cycle).
+                untracked(target)
+                self.memory[untracked(memo_key)] = untracked(known)
         tenant, tenant_field = known.tenant, None
         if tenant is None:  # from a header: the validated value is sent, nothing else
             source = route.cfg.tenant

@@ -50,6 +50,8 @@ REQUEST_BOUNDS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 REDIS_BOUNDS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Garbage collection pauses: a young collection takes ~0.1 ms; one over 10 ms is a problem.
+GC_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0)
 
 # Counters: name as exposed -> (help, label names).
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -91,6 +93,10 @@ HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
         REQUEST_BOUNDS,
     ),
     "gateway_redis_duration_seconds": ("Time a Redis command took", (), REDIS_BOUNDS),
+    "gateway_gc_pause_seconds": (
+        "Time the garbage collector stopped the process, by the oldest generation collected"
+        " (0, 1 or 2: a full collection)", ("generation",), GC_BOUNDS,
+    ),
 }
 # How a gauge combines over workers: prometheus-client's multiprocess modes, live workers only.
 Combine = Literal["livesum", "livemax", "livemin"]
@@ -114,10 +120,14 @@ GAUGES: dict[str, tuple[str, tuple[str, ...], Combine]] = {
         (), "livemax",
     ),
     "gateway_redis_available": ("1 while Redis answers (its breaker closed)", (), "livemin"),
+    "gateway_gc_pause_max_seconds": (
+        "The longest garbage collection pause since the process started", (), "livemax",
+    ),
 }
 REQUESTS = "gateway_requests_total"
 TENANT_REQUESTS = "gateway_tenant_requests_total"
 DURATION = "gateway_request_duration_seconds"
+GC_PAUSE = "gateway_gc_pause_seconds"
 _REQUEST_SLOTS = (*REQUEST_BOUNDS, float("inf"))
 NAMES = frozenset(COUNTERS) | frozenset(HISTOGRAMS) | frozenset(GAUGES)
 

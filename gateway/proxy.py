@@ -14,6 +14,7 @@ from gateway.cache import Cache
 from gateway.cache_status import cache_status
 from gateway.canonical import Target, client_fields, parse_target
 from gateway.exchange import Incoming, Reply, StreamCut
+from gateway.gcwatch import untracked
 from gateway.outcomes import Outcome
 from gateway.router import Route
 from gateway.upstream import BodyStalled, ClientStalled, OriginError
@@ -42,7 +43,12 @@ def _target(raw: str, host: str | None, scheme: str) -> Target:
     return _remembered_target(raw, host, scheme)
 
 
-_remembered_target = functools.lru_cache(maxsize=TARGET_MEMO)(parse_target)
+def _parse_kept(raw: str, host: str | None, scheme: str) -> Target:
+    """A target the memo keeps: untracked, so full collections do not walk the memo."""
+    return untracked(parse_target(raw, host, scheme))
+
+
+_remembered_target = functools.lru_cache(maxsize=TARGET_MEMO)(_parse_kept)
 
 
 async def forward(

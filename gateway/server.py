@@ -25,9 +25,11 @@ from gateway.fleet.census import Census
 from gateway.fleet.control import purge_event
 from gateway.fleet.link import RedisUnavailable
 from gateway.fleet.member import Member
+from gateway.gcwatch import GENERATIONS, PauseRecorder
 from gateway.generations import Generations
+from gateway.heap import Trimmer
 from gateway.listener import ClientLimits, PublicServer
-from gateway.metrics import Exporter, Meter, Sample
+from gateway.metrics import GC_PAUSE, Exporter, Meter, Sample
 from gateway.outcomes import Outcome, Recorder
 from gateway.plan import soft_stale_since
 from gateway.proxy import NO_BODY_STATUSES, forward, incoming, write
@@ -54,6 +56,8 @@ NO_ROUTE = "none"
 ANSWERED_BY_GATEWAY = "NONE"  # cache_status of the gateway's own answers (no X-Cache)
 FROM_CACHE = frozenset({"HIT", "UPDATING", "STALE"})  # the `hit` requests of the histogram
 STATUS_CLASSES = tuple(f"{n}xx" for n in range(10))
+HEAP_CHECK_INTERVAL = 1.0  # seconds between two looks at whether the heap needs a trim
+GC_GENERATIONS = tuple(str(n) for n in range(GENERATIONS))  # label values
 
 
 def json_response(
@@ -147,6 +151,11 @@ class Gateway:
         self.access_writer: LineWriter | None = None
         self._access_log(config.access_log, start=False)
         self.exporter = Exporter(self.meter, self.gauges, self.counted)
+        # Every collection's pause, from `start` to `stop`: /admin/stats and /metrics.
+        self.gc = PauseRecorder(on_pause=self._gc_paused)
+        # Heap pages that evicted entries freed go back to the system (gateway.heap).
+        self.trimmer = Trimmer(self.store)
+        self._upkeep: asyncio.Task[None] | None = None
 
     def now(self) -> float:
         """`clock()`, looked up each time so that tests can move time for every part at once."""
@@ -169,6 +178,8 @@ class Gateway:
                 self.access_writer.start()
 
     async def start(self) -> None:
+        self.gc.install()
+        self._upkeep = asyncio.create_task(self._keep_heap())
         if self.access_writer is not None:
             self.access_writer.start()
         self.exporter.start()
@@ -180,6 +191,8 @@ class Gateway:
             await self.census.start()
 
     async def stop(self) -> None:
+        if self._upkeep is not None:
+            self._upkeep.cancel()
         for task, upstream in list(self._retiring.items()):
             task.cancel()
             await upstream.close()
@@ -192,6 +205,7 @@ class Gateway:
         await self.exporter.stop()
         if self.access_writer is not None:
             self.access_writer.close()  # what is queued is written (up to a second)
+        self.gc.uninstall()
 
     def reload(self) -> list[str]:
         """Re-read the routing file; on ConfigError the running config stays as it was.
@@ -413,6 +427,16 @@ class Gateway:
         idle = self.config.client_body_timeout
         return route, await forward(request, req, route, self.cache, body_timeout=idle)
 
+    async def _keep_heap(self) -> None:
+        while True:
+            await asyncio.sleep(HEAP_CHECK_INTERVAL)
+            await self.trimmer.check()
+
+    def _gc_paused(self, generation: int, seconds: float) -> None:
+        """A collection's pause, into gateway_gc_pause_seconds (called inside `gc.callbacks`:
+        the meter's few dict operations, nothing that waits)."""
+        self.meter.observe((GC_PAUSE, GC_GENERATIONS[generation]), seconds)
+
     def _evicted(self, entry: Entry, why: str) -> None:
         self.recorder.count(Outcome.EVICTION, entry.tenant)
         self.meter.count((EVICTIONS, self.recorder.label(entry.tenant), why))
@@ -448,6 +472,7 @@ class Gateway:
         out += [
             Sample("gateway_cache_max_bytes", ("memory",), held["max_bytes"]),
             Sample("gateway_cache_entries", ("memory",), held["entries"]),
+            Sample("gateway_gc_pause_max_seconds", (), max(self.gc.longest)),
         ]
         if self.member is not None:
             out += [
@@ -468,6 +493,8 @@ class Gateway:
             "origins": {name: u.stats() for name, u in self.upstreams.items()},
             "in_flight_fills": len(self.cache.flights),
             "generations": self.cache.generations.describe("*"),
+            "gc": self.gc.summary(),
+            "heap_trims": self.trimmer.trims,
             **({"fleet": self.member.stats()} if self.member is not None else {}),
         }
 

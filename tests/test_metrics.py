@@ -5,6 +5,7 @@ sequence of requests. (Two worker processes summed in one scrape: tests/test_wor
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,6 +294,27 @@ async def test_evictions_are_counted_by_tenant_and_bound(
     assert evicted > 0
     assert evicted == gateway.stats()["store"]["evictions"]  # type: ignore[index]
     assert value(samples, "gateway_cache_bytes", tier="memory", tenant="p1") <= 300 * 1024
+
+
+async def test_garbage_collection_pauses_show_in_stats_and_metrics(
+    start: StackFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A started gateway times every collection: the longest in /admin/stats, each pause in
+    gateway_gc_pause_seconds by generation, the longest as a gauge."""
+    stack = await start()
+    gc.collect()  # one full collection at least
+    samples = await scrape(http, stack.admin)
+    assert value(samples, "gateway_gc_pause_seconds_count", generation="2") >= 1
+    assert value(samples, "gateway_gc_pause_seconds_sum", generation="2") > 0
+    longest = value(samples, "gateway_gc_pause_max_seconds")
+    assert longest > 0
+    async with http.get(stack.admin.make_url("/admin/stats"),
+                        headers={"Authorization": "Bearer " + TOKEN}) as resp:
+        stats = (await resp.json())["gc"]
+    assert stats["by_generation"]["2"]["collections"] >= 1
+    assert stats["pause_max_seconds"] >= round(longest, 6)
+    assert stats["collections"] >= stats["by_generation"]["2"]["collections"]
 
 
 async def test_a_tenant_purged_to_nothing_holds_zero_bytes_in_the_next_scrape(

@@ -15,7 +15,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from gateway.key import primary_key
 from gateway.policy import Freshness
-from gateway.store import ENTRY_OVERHEAD, Entry
+from gateway.store import Entry
+from gateway.store.compact import compact
 from gateway.store.memory import QUOTA, SIZE, MemoryStore
 
 T = TypeVar("T")
@@ -44,8 +45,10 @@ def make(
 
 
 def sized(key: str, size: int, **kw: object) -> Entry:
-    """An entry whose size() is exactly `size` (key and url of fixed length)."""
+    """An entry whose size() is exactly `size` (key and url of fixed length), as the store
+    charges it (after it shares what entries hold alike)."""
     entry = make(key, 0, **kw)  # type: ignore[arg-type]
+    compact(entry)
     entry.body = b"x" * (size - entry.size())
     assert entry.size() == size
     return entry
@@ -53,6 +56,15 @@ def sized(key: str, size: int, **kw: object) -> Entry:
 
 def keys(store: MemoryStore) -> list[str]:
     return list(store._lru)
+
+
+def tag_index(store: MemoryStore) -> dict[tuple[str, str], set[str]]:
+    """(tenant, tag) -> the keys the store's tag index holds."""
+    return {
+        (name, tag): set(held)
+        for name, t in store._tenants.items()
+        for tag, held in t.by_tag.items()
+    }
 
 
 # -- LRU and byte bound ---------------------------------------------------------------------
@@ -130,10 +142,10 @@ async def test_replace_adjusts_bytes_and_recency() -> None:
     assert store.stats()["bytes"] == 4000
     assert store.tenant_bytes("t") == 4000
     assert keys(store) == ["b", "a"]
-    assert ("t", "t:x") not in store._index
-    assert store._index[("t", "t:y")] == {"a"}
-    assert await store.put(sized("a", 500))
-    assert store.stats()["bytes"] == 1500
+    assert ("t", "x") not in tag_index(store)
+    assert tag_index(store)[("t", "y")] == {"a"}
+    assert await store.put(sized("a", 800))
+    assert store.stats()["bytes"] == 1800
     assert store.stats()["entries"] == 2
     store.check_invariants()
 
@@ -158,10 +170,10 @@ async def test_refuses_objects_over_bounds_and_keeps_old() -> None:
 
 
 async def test_entry_size_counts_overhead() -> None:
-    store = MemoryStore(max_bytes=10 * ENTRY_OVERHEAD, max_object_bytes=10**6)
+    store = MemoryStore(max_bytes=10 * 600, max_object_bytes=10**6)
     for i in range(100):
         await store.put(make(f"k{i}", 0))
-    # tiny entries still hit the byte bound through the per-entry overhead
+    # tiny entries still hit the byte bound: the objects and index places each one costs
     assert len(store) < 10
     store.check_invariants()
 
@@ -280,8 +292,8 @@ async def test_purge_tenant() -> None:
     assert await store.purge_tenant("nobody") == 0
     assert len(store) == 5
     assert store.tenant_bytes("a") == 0
-    assert ("a", "t:all") not in store._index
-    assert len(store._index[("b", "t:all")]) == 5
+    assert ("a", "all") not in tag_index(store)
+    assert len(tag_index(store)[("b", "all")]) == 5
     assert "a" not in store._tenants
     store.check_invariants()
 
@@ -330,10 +342,7 @@ async def test_purge_tags() -> None:
     assert await store.purge_tags("t", ["red", "big"]) == 3
     assert keys(store) == ["3", "o"]
     assert await store.purge_tags("t", ["red"]) == 0
-    assert {k for k in store._index if k[1].startswith("t:")} == {
-        ("t", "t:blue"),
-        ("other", "t:red"),
-    }
+    assert set(tag_index(store)) == {("t", "blue"), ("other", "red")}
     assert await store.purge_tags("t", []) == 0
     store.check_invariants()
 
@@ -372,11 +381,11 @@ async def test_no_stale_index_entries_after_eviction() -> None:
         await asked(store, f"k{i}", 1 + i % 10)
         await store.put(sized(f"k{i}", 1000, tenant=f"t{i % 3}", tags=(f"tag{i}", "common")))
     assert len(store) == 5
-    tag_index = {k: v for k, v in store._index.items() if k[1].startswith("t:")}
-    indexed = set().union(*tag_index.values())
+    tags = tag_index(store)
+    indexed = set().union(*tags.values())
     assert indexed == set(store._lru)
     assert sum(len(t.keys) for t in store._tenants.values()) == 5
-    assert len(tag_index) == 5 + len({store._lru[k].entry.tenant for k in store._lru})
+    assert len(tags) == 5 + len({store._lru[k].tenant for k in store._lru})
     store.check_invariants()
 
 
@@ -407,6 +416,20 @@ async def test_vary_registry_with_escaped_tenant() -> None:
     await store.set_vary(p, ("x",))
     await store.purge_tenant("a|b")
     assert await store.get_vary(p) is None
+    store.check_invariants()
+
+
+async def test_vary_records_count_against_max_bytes_with_the_entries() -> None:
+    store = MemoryStore(max_bytes=10_000, max_object_bytes=10_000, vary_max_bytes=3000)
+    for i in range(8):
+        await store.put(sized(f"k{i}", 1000))
+    for i in range(12):
+        await store.set_vary(f"t|1|GET|http://h/{i:03}", ("accept",))
+    recorded = store.stats()["vary_bytes"]
+    assert 2000 < recorded <= 3000
+    await store.put(sized("new", 1000))  # the oldest entries make room for the records too
+    assert store.stats()["bytes"] + recorded <= 10_000
+    assert "new" in store and "k0" not in store and len(store) == (10_000 - recorded) // 1000
     store.check_invariants()
 
 
@@ -462,7 +485,7 @@ async def test_random_operations_keep_invariants(seed: int) -> None:
             await store.set_vary(key, ("accept-encoding",))
         store.check_invariants()
         stats = store.stats()
-        assert stats["bytes"] == sum(s.size for s in store._lru.values()) <= 8000
+        assert stats["bytes"] == sum(e.size() for e in store._lru.values()) <= 8000
         for name, t in stats["tenants"].items():
             if quotas[name] is not None:
                 assert t["bytes"] <= quotas[name]
@@ -471,7 +494,7 @@ async def test_random_operations_keep_invariants(seed: int) -> None:
 async def test_check_invariants_detects_corruption() -> None:
     store = MemoryStore(max_bytes=10_000, max_object_bytes=10_000)
     await store.put(make("a", tags=("x",)))
-    store._index[("t", "t:x")].add("ghost")
+    store._tenants["t"].by_tag["x"]["ghost"] = None
     with pytest.raises(AssertionError):
         store.check_invariants()
 
@@ -527,8 +550,8 @@ class StoreMachine(RuleBasedStateMachine):
     def purge_tags(self, tenant: str, tag: str) -> None:
         expected = {
             k
-            for k, s in self.store._lru.items()
-            if s.entry.tenant == tenant and tag in s.entry.tags
+            for k, e in self.store._lru.items()
+            if e.tenant == tenant and tag in e.tags
         }
         assert run(self.store.purge_tags(tenant, [tag])) == len(expected)
         assert not expected & set(self.store._lru)
@@ -540,8 +563,8 @@ class StoreMachine(RuleBasedStateMachine):
         n = run(self.store.purge_prefix(tenant, prefix))
         assert len(self.store) == before - n
         assert not any(
-            s.entry.tenant == tenant and s.entry.url.startswith(full)
-            for s in self.store._lru.values()
+            e.tenant == tenant and e.url.startswith(full)
+            for e in self.store._lru.values()
         )
 
     @rule(tenant=st.sampled_from("ab"))
@@ -557,7 +580,7 @@ class StoreMachine(RuleBasedStateMachine):
     def consistent(self) -> None:
         self.store.check_invariants()
         stats = self.store.stats()
-        assert stats["bytes"] == sum(s.entry.size() for s in self.store._lru.values())
+        assert stats["bytes"] == sum(e.size() for e in self.store._lru.values())
         assert stats["bytes"] <= 3000
         assert self.store.tenant_bytes("a") <= 1800
 

@@ -7,10 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.policy import Freshness
-
-# Fixed per-entry overhead we charge on top of headers and body, so that a flood of tiny
-# entries still hits the byte bound (dict slot, dataclass, tuples).
-ENTRY_OVERHEAD = 256
+from gateway.store.compact import entry_bytes, index_bytes
 
 
 @dataclass(slots=True)
@@ -19,6 +16,10 @@ class Entry:
 
     `headers` are the origin's end-to-end headers as received, less `Age` and `Set-Cookie`, so that
     freshness can be recomputed after a 304; what clients see is filtered on the way out.
+
+    Data only (strings, bytes, numbers, tuples of them, a Freshness): the memory tier shares
+    what entries hold alike and takes each one out of the garbage collector's sight
+    (`gateway.store.compact`), which is safe only while no field can lead back to the entry.
     """
 
     key: str
@@ -41,15 +42,10 @@ class Entry:
     visible: tuple[tuple[str, str], ...] = ()
 
     def size(self) -> int:
-        """Bytes charged against the store's bounds: body, headers, key, url, tags, overhead."""
-        return (
-            ENTRY_OVERHEAD
-            + len(self.body)
-            + sum(len(k) + len(v) + 4 for k, v in self.headers)
-            + len(self.key)
-            + len(self.url)
-            + sum(len(t) for t in self.tags)
-        )
+        """Bytes charged against the store's bounds: what the process holds for the entry, its
+        objects and its places in the memory tier's indexes (`gateway.store.compact`), so that
+        a bound of N bytes holds N bytes whatever the size of the entries."""
+        return entry_bytes(self) + index_bytes(self)
 
     def age(self, now: float) -> float:
         """current_age of RFC 9111 4.2.3."""

@@ -238,14 +238,17 @@ class Stack:
         argv += ["--log-level", "WARNING"]
         return self.spawn("origin", argv, port, "/healthz")
 
-    def gateway(self, origin: Service, workers: int = 1) -> Service:
+    def gateway(self, origin: Service, workers: int = 1, server: str | None = None) -> Service:
         """The gateway on the demo routing file, ports swapped, plus a pass-through route.
         With `workers` above 1, a supervisor and its workers sharing a redis-server of their
-        own (the fleet is what lets workers share one cache)."""
+        own (the fleet is what lets workers share one cache). `server` chooses the client-facing
+        layer (`aiohttp` or `native`; None: the config's default)."""
         port, admin_port = free_port(), free_port()
         name = "gateway" if workers == 1 else f"gateway-{workers}w"
         path = self.dir / f"{name}.yaml"
         config = gateway_config(origin.url, port, admin_port)
+        if server is not None:
+            config["server"] = server
         if workers > 1:
             redis = self.redis(name)
             config["workers"] = workers

@@ -20,7 +20,10 @@ With --workers N the hit cases run again on the gateway with `workers: N` (its w
 a redis-server, as a fleet) and on nginx with N worker processes, wrk with N threads: how the
 hit rate scales with the cores.
 
+`--server aiohttp|native` chooses the gateway's client-facing layer (the config's `server`).
+
     .venv/bin/python bench/hit.py [--duration 5] [--connections 50] [--keys 1000] [--workers 2]
+                                  [--server native]
 """
 
 from __future__ import annotations
@@ -88,6 +91,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--workers", type=int, default=1,
         help="also run the hit cases on the gateway with `workers: N` (and a redis-server) and"
         " on nginx with N worker processes, loaded by wrk with N threads",
+    )
+    parser.add_argument(
+        "--server", choices=("aiohttp", "native"), default=None,
+        help="the gateway's client-facing layer (default: the config's `server`)",
     )
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -270,7 +277,7 @@ async def bench(args: argparse.Namespace, stack: h.Stack) -> None:
 
     with h.phase("starting origin, gateway, nginx and the reference dict cache"):
         origin = stack.origin(codegen_seconds=0, projects=args.keys, s_maxage=3600)
-        gateway = stack.gateway(origin)
+        gateway = stack.gateway(origin, server=args.server)
         nginx = None if args.no_nginx else stack.nginx(origin)
         dict_cache = stack.dict_cache(origin)
     run = Bench(args, tool, stack, origin)
@@ -287,7 +294,7 @@ async def bench(args: argparse.Namespace, stack: h.Stack) -> None:
     if args.workers > 1:
         n = args.workers
         with h.phase(f"starting the gateway and nginx with {n} workers"):
-            several = {f"gateway x{n}": stack.gateway(origin, n)}
+            several = {f"gateway x{n}": stack.gateway(origin, n, args.server)}
             nginx_n = None if args.no_nginx else stack.nginx(origin, n)
             if nginx_n is not None:
                 several[f"nginx x{n}"] = nginx_n
@@ -306,6 +313,7 @@ def report(args: argparse.Namespace, tool: str, runs: list[Run], with_nginx: boo
         print("nginx: proxy_cache, worker_processes 1 (one core each: the gateway is one process)")
     else:
         print("nginx: not installed (apt-get install -y nginx) or --no-nginx: column skipped")
+    print(f"gateway: server: {args.server or 'as configured'} (the client-facing layer)")
     rows = [
         [
             f"{r.case} / {r.target}",

@@ -13,6 +13,7 @@ dict by the request target. Only the layer around that differs:
   d   uvloop asyncio.Protocol + aiohttp's own C parser (llhttp vendored in aiohttp)
   e   socketify (uWebSockets, C), only with --socketify-python: a bound, not a candidate
   gw  the gateway itself at the working tree's code, the hit through its whole path
+  gwn the same on its native client layer (`server: native`, gateway/client_protocol.py)
   and nginx, one worker, proxy_cache holding the same bytes (bench/_harness.py's config)
 
 Method: each server is pinned to one core (`taskset -c 0`), wrk to the other (`taskset -c 1`,
@@ -124,7 +125,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--repetitions", type=int, default=3, help="repetitions kept")
     parser.add_argument(
-        "--only", default="", help="comma-separated candidate keys (a,b,b+,c,c',d,e,gw)"
+        "--only", default="", help="comma-separated candidate keys (a,b,b+,c,c',d,e,gw,gwn)"
     )
     parser.add_argument("--cases", default=",".join(entries.CASES), help="body sizes to load")
     parser.add_argument(
@@ -164,6 +165,9 @@ def print_probe() -> None:
 # ---------------------------------------------------------------- the servers
 
 
+GATEWAY_ROWS = {"gw": "aiohttp", "gwn": "native"}  # row key -> the gateway's `server`
+
+
 def start_servers(
     stack: h.Stack, candidates: list[Candidate], args: argparse.Namespace
 ) -> dict[str, h.Service]:
@@ -192,13 +196,15 @@ def start_servers(
         port = h.free_port()
         argv = [*pin, cand.python, str(SERVE), *cand.args, "--port", str(port)]
         servers[cand.key] = stack.spawn(cand.key, argv, port, entries.READY_PATH)
-    if not args.no_gateway and wanted("gw", args):
+    for key, layer in GATEWAY_ROWS.items():
+        if args.no_gateway or not wanted(key, args):
+            continue
         port, admin_port = h.free_port(), h.free_port()
-        config = h.gateway_config(origin.url, port, admin_port)
-        path = stack.dir / "gateway.yaml"
+        config = h.gateway_config(origin.url, port, admin_port) | {"server": layer}
+        path = stack.dir / f"{key}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [*pin, sys.executable, "-m", "gateway", "--config", str(path)]
-        servers["gw"] = stack.spawn("gw", [*argv, "--log-level", "WARNING"], port, h.READY_PATH)
+        servers[key] = stack.spawn(key, [*argv, "--log-level", "WARNING"], port, h.READY_PATH)
     return servers
 
 
@@ -466,7 +472,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         candidates.append(
             Candidate("e", "socketify (uWS, C)", ("socketify",), args.socketify_python)
         )
-    labels = {"nginx": "nginx proxy_cache, 1 worker", "gw": "the gateway (whole hit path)"}
+    labels = {
+        "nginx": "nginx proxy_cache, 1 worker",
+        "gw": "the gateway (whole hit path), server: aiohttp",
+        "gwn": "the gateway (whole hit path), server: native",
+    }
     labels |= {c.key: c.label for c in candidates}
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     with h.Stack() as stack:

@@ -15,11 +15,13 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from gateway import cli, gcwatch, heap
 from gateway.admin import admin_app
+from gateway.client_protocol import NativeServer
 from gateway.config import (
     DEMO_ADMIN_TOKEN,
     ConfigError,
@@ -27,7 +29,7 @@ from gateway.config import (
     demo_token_refusal,
     load_config,
 )
-from gateway.server import Gateway, public_server
+from gateway.server import Gateway, native_server, public_server
 from gateway.supervisor import DRAIN_TIMEOUT, Role, Supervisor, watch_supervisor
 
 log = logging.getLogger("gateway")
@@ -100,9 +102,13 @@ async def serve(config: GatewayConfig, role: Role | None = None, *, demo: bool =
     runners: list[web.BaseRunner] = []
     stop = asyncio.Event()
     watch: asyncio.Task[None] | None = None
+    native = native_server(gateway) if config.server == "native" else None
     try:
-        runners.append(web.ServerRunner(public_server(gateway), shutdown_timeout=DRAIN_TIMEOUT))
-        sites = [(runners[0], config.listen.host, config.listen.port)]
+        sites: list[tuple[web.BaseRunner, str, int]] = []
+        if native is None:
+            public = web.ServerRunner(public_server(gateway), shutdown_timeout=DRAIN_TIMEOUT)
+            runners.append(public)
+            sites.append((public, config.listen.host, config.listen.port))
         if config.admin.listen is not None:
             admin = web.AppRunner(
                 admin_app(gateway), access_log=None, shutdown_timeout=DRAIN_TIMEOUT
@@ -111,17 +117,16 @@ async def serve(config: GatewayConfig, role: Role | None = None, *, demo: bool =
             sites.append((admin, config.admin.listen.host, config.admin.listen.port))
         for runner in runners:
             await runner.setup()
+        reuse_port, backlog = role.worker or None, config.listen_backlog
+        if native is not None:
+            host, port = config.listen.host, config.listen.port
+            await listen(host, port, lambda: native.listen(
+                host, port, reuse_port=reuse_port, backlog=backlog))
         for runner, host, port in sites:
             site = web.TCPSite(
-                runner, host, port, reuse_address=True, reuse_port=role.worker or None,
-                backlog=config.listen_backlog,
+                runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=backlog
             )
-            try:
-                await site.start()
-            except OSError as exc:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's is long
-                raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
-            log.info("listening on http://%s:%d", host, port)
+            await listen(host, port, site.start)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -137,11 +142,21 @@ async def serve(config: GatewayConfig, role: Role | None = None, *, demo: bool =
     finally:
         if watch is not None:
             watch.cancel()
-        await drain(runners)
+        await drain(runners, native)
         await gateway.stop()
 
 
-async def drain(runners: list[web.BaseRunner]) -> None:
+async def listen(host: str, port: int, start: Callable[[], Awaitable[object]]) -> None:
+    """Start a listener; CannotListen (one line) if its address is taken or not ours."""
+    try:
+        await start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's is long
+        raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
+    log.info("listening on http://%s:%d", host, port)
+
+
+async def drain(runners: list[web.BaseRunner], native: NativeServer | None = None) -> None:
     """Stop serving gracefully (SIGTERM: `docker stop`, a service manager, the supervisor).
 
     First every listening socket is closed, on both listeners at once: a new connection is
@@ -152,11 +167,17 @@ async def drain(runners: list[web.BaseRunner]) -> None:
 
     aiohttp's `cleanup` drains too, but not within a bound one can give `docker stop`: it waits
     `shutdown_timeout` for a handler, then as long again for the handler it could not stop, and
-    it closes a runner's sockets only once the runner before it has drained."""
+    it closes a runner's sockets only once the runner before it has drained. The native public
+    listener (`server: native`) drains itself alongside, within the same bound."""
+    if native is not None:
+        native.stop_listening()
     for runner in runners:
         for site in list(runner.sites):
             await site.stop()
-    cleanup = asyncio.gather(*(runner.cleanup() for runner in runners))
+    cleanups: list[Awaitable[object]] = [runner.cleanup() for runner in runners]
+    if native is not None:
+        cleanups.append(native.drain(DRAIN_TIMEOUT))
+    cleanup = asyncio.gather(*cleanups)
     done, _ = await asyncio.wait([cleanup], timeout=DRAIN_TIMEOUT)
     if done:
         cleanup.result()  # a failure of the cleanup itself is not hidden

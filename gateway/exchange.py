@@ -1,9 +1,11 @@
 """The values that cross the gateway's layers: a client request, a reply, a streamed body.
 
-The listener turns aiohttp's request into an `Incoming`; the cache and the pass-through path
-answer with a `Reply`; `proxy.write` is the only code that turns a reply back into aiohttp's
-objects. A body that is not in memory is a `Body`: the origin's response, or a reader of a fill
-that other clients share.
+Either client-facing layer (aiohttp's, or the native one of gateway/client_protocol.py) hands
+the gateway a `ClientRequest`, which the gateway turns into an `Incoming`; the cache and the
+pass-through path answer with a `Reply`, which the layer writes (`proxy.write` for aiohttp,
+`ClientProtocol.send` for the native layer, both streaming through `proxy.stream_body`). A body
+that is not in memory is a `Body`: the origin's response, or a reader of a fill that other
+clients share.
 """
 
 from __future__ import annotations
@@ -12,7 +14,41 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from multidict import CIMultiDictProxy
+
 from gateway.canonical import Target
+
+
+class BodyReader(Protocol):
+    """A request body as it arrives: `readany()` returns what is there (waiting for at least a
+    byte), b"" at its end. Reading is what lets the client send more (flow control)."""
+
+    async def readany(self) -> bytes: ...
+
+
+class ClientRequest(Protocol):
+    """What the gateway reads of a client request, on either layer: aiohttp's `BaseRequest`
+    has these, and so has `http1.NativeRequest`. `raw_path` is the request target as sent;
+    `body_exists` is false for no body and for `Content-Length: 0`."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def version(self) -> tuple[int, int]: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def body_exists(self) -> bool: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def content(self) -> BodyReader: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +79,16 @@ class StreamCut(Exception):
 
 @dataclass(slots=True)
 class Reply:
-    """What the listener writes: status, headers and a body in memory or streamed. The last
+    """What the listener writes: status, headers and a body in memory or streamed. `close`
+    ends the connection after it (what follows a refused request cannot be trusted). The last
     three are for the access log: the tenant (set on the cache path), the origin's time to
     the response head when this request fetched it alone (pass, bypass), and the body bytes
-    `proxy.write` sent of a streamed body."""
+    `proxy.stream_body` sent of a streamed body."""
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes | Body = b""
+    close: bool = False
     tenant: str | None = None
     origin_time: float | None = None
     sent: int = 0

@@ -10,6 +10,9 @@ with a logged traceback. Here, as nginx does:
   connection makes room, or the new connection gets a 503 and is closed, with a log line;
 - a request the parser refuses gets a JSON 400 and the connection is closed; it is logged at
   debug level only, since anyone can send garbage.
+
+The native layer (gateway/client_protocol.py) keeps the same limits with the same raw answers,
+refusal log and parser-complaint cleaning, all defined here.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ log = logging.getLogger("gateway.listener")
 REFUSED_LOG_INTERVAL = 10.0  # seconds between two "max_connections reached" lines
 
 
-def _raw_response(status: str, reason: str, *extra: str) -> bytes:
+def raw_response(status: str, reason: str, *extra: str) -> bytes:
     """A whole JSON error response, written straight to a transport that has no request."""
     body = json.dumps({"error": reason, "status": int(status.split()[0])}).encode()
     head = [
@@ -43,8 +46,8 @@ def _raw_response(status: str, reason: str, *extra: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-_REFUSED = _raw_response("503 Service Unavailable", "too many client connections", "Retry-After: 1")
-_TIMED_OUT = _raw_response("408 Request Timeout", "request head timed out")
+REFUSED = raw_response("503 Service Unavailable", "too many client connections", "Retry-After: 1")
+TIMED_OUT = raw_response("408 Request Timeout", "request head timed out")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +117,7 @@ class ClientConnection(RequestHandler):
         if self._request_in_progress or self._messages or self.transport is None:
             return  # a request is being answered; keepalive_timeout covers what follows
         if self._head_bytes:
-            self.transport.write(_TIMED_OUT)
+            self.transport.write(TIMED_OUT)
         log.debug("client %s: request head not complete in time, closing", self.peername)
         self.force_close()
 
@@ -130,7 +133,7 @@ class ClientConnection(RequestHandler):
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         log.debug("malformed request from %s: %s", request.remote, exc)
-        reason = _reason(exc)
+        reason = parser_complaint(getattr(exc, "message", "") or type(exc).__name__)
         body = json.dumps({"error": f"malformed request: {reason}", "status": status})
         response = web.Response(
             status=status,
@@ -142,9 +145,9 @@ class ClientConnection(RequestHandler):
         return response
 
 
-def _reason(exc: BaseException | None) -> str:
+def parser_complaint(text: str) -> str:
     """The parser's complaint, first line only and printable: never the client's bytes."""
-    text = str(getattr(exc, "message", "") or type(exc).__name__)
+    text = str(text)
     first = text.strip().splitlines()[0] if text.strip() else "bad request"
     clean = "".join(c for c in first.split(":", 1)[0] if c.isprintable())
     return clean[:100] or "bad request"
@@ -156,9 +159,7 @@ class PublicServer(web.Server):
     def __init__(self, handler: Any, limits: ClientLimits, **kwargs: Any) -> None:
         super().__init__(handler, keepalive_timeout=limits.keepalive_timeout, **kwargs)
         self.limits = limits
-        self.refused = 0
-        self._refused_logged_at = -REFUSED_LOG_INTERVAL
-        self._refused_since_log = 0
+        self.refusals = RefusalLog(limits.max_connections)
 
     def __call__(self) -> RequestHandler:
         return ClientConnection(self, loop=self._loop, **self._kwargs)
@@ -178,16 +179,30 @@ class PublicServer(web.Server):
         return False
 
     def _refuse(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        self.refused += 1
-        self._refused_since_log += 1
+        self.refusals.refused()
+        transport.write(REFUSED)
+        handler.force_close()
+
+
+class RefusalLog:
+    """Connections refused at `max_connections`: counted, and logged at most one line per
+    REFUSED_LOG_INTERVAL (a flood of refusals must not become a flood of log lines)."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.count = 0
+        self._logged_at = -REFUSED_LOG_INTERVAL
+        self._since_log = 0
+
+    def refused(self) -> None:
+        self.count += 1
+        self._since_log += 1
         now = time.monotonic()
-        if now - self._refused_logged_at >= REFUSED_LOG_INTERVAL:
+        if now - self._logged_at >= REFUSED_LOG_INTERVAL:
             log.warning(
                 "max_connections (%d) reached: %d client connection(s) refused with a 503",
-                self.limits.max_connections,
-                self._refused_since_log,
+                self.max_connections,
+                self._since_log,
             )
-            self._refused_logged_at = now
-            self._refused_since_log = 0
-        transport.write(_REFUSED)
-        handler.force_close()
+            self._logged_at = now
+            self._since_log = 0

@@ -7,12 +7,14 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
 from gateway.access_log import FORMATTERS, AccessRecord, LineWriter, reply_fields
 from gateway.cache import Cache
 from gateway.canonical import BadRequest, absolute_target, keyed_url, parse_target
+from gateway.client_protocol import NativeServer
 from gateway.config import (
     ConfigError,
     ConfigIssue,
@@ -20,7 +22,7 @@ from gateway.config import (
     demo_token_refusal,
     load_config,
 )
-from gateway.exchange import Reply
+from gateway.exchange import ClientRequest, Reply
 from gateway.fleet.census import Census
 from gateway.fleet.control import purge_event
 from gateway.fleet.link import RedisUnavailable
@@ -32,7 +34,7 @@ from gateway.listener import ClientLimits, PublicServer
 from gateway.metrics import GC_PAUSE, Exporter, Meter, Sample
 from gateway.outcomes import Outcome, Recorder
 from gateway.plan import soft_stale_since
-from gateway.proxy import NO_BODY_STATUSES, forward, incoming, write
+from gateway.proxy import NO_BODY_STATUSES, forward, incoming, response_of, write
 from gateway.router import Route, Router
 from gateway.settings import CacheSettings
 from gateway.store import Entry, Store, purge
@@ -46,7 +48,7 @@ RETIRE_AFTER = 60.0  # seconds a replaced origin client keeps serving requests i
 # Read when the listeners, the connection limits and the fleet are set up: a reload keeps them.
 RESTART_ONLY = (
     "listen", "listen_backlog", "max_connections", "client_header_timeout",
-    "keepalive_timeout", "redis", "workers",
+    "keepalive_timeout", "redis", "workers", "server",
 )
 LINGERING = 5.0  # seconds an unread request body is drained after the answer
 CLIENT_CLOSED = 499  # logged (nginx's code) for a request whose client went away first
@@ -56,19 +58,25 @@ NO_ROUTE = "none"
 ANSWERED_BY_GATEWAY = "NONE"  # cache_status of the gateway's own answers (no X-Cache)
 FROM_CACHE = frozenset({"HIT", "UPDATING", "STALE"})  # the `hit` requests of the histogram
 STATUS_CLASSES = tuple(f"{n}xx" for n in range(10))
+HTTP_VERSIONS = ((1, 0), (1, 1))  # what the gateway speaks with clients; else a 505
 HEAP_CHECK_INTERVAL = 1.0  # seconds between two looks at whether the heap needs a trim
 GC_GENERATIONS = tuple(str(n) for n in range(GENERATIONS))  # label values
+Request = TypeVar("Request", bound=ClientRequest)  # a layer's request type
+Sent = TypeVar("Sent")  # what a layer's writer returns (aiohttp: the response it returns)
+
+
+def json_reply(
+    status: int, payload: dict[str, object], headers: dict[str, str] | None = None
+) -> Reply:
+    fields = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+    fields += (headers or {}).items()
+    return Reply(status, fields, json.dumps(payload).encode())
 
 
 def json_response(
     status: int, payload: dict[str, object], headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(payload).encode(),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store", **(headers or {})},
-    )
+    return response_of(json_reply(status, payload, headers))
 
 
 class JsonError(Exception):
@@ -333,40 +341,45 @@ class Gateway:
         return result
 
     async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The public listener's handler: the answer (errors as JSON), then what it is counted
-        and logged as."""
+        """The handler of aiohttp's layer (`server: aiohttp`)."""
+        return await self.serve(request, write)
+
+    async def serve(
+        self, request: Request, send: Callable[[Request, Reply], Awaitable[Sent]]
+    ) -> Sent:
+        """The public listener's handler on either layer: the answer (errors as JSON) handed to
+        the layer's `send`, then what it is counted and logged as."""
         loop = asyncio.get_running_loop()
         started, at = loop.time(), self.clock()
         route: Route | None = None
-        reply: Reply | None = None
+        reply: Reply | None = None  # the gateway's answer, if it got that far
+        sent: Reply | None = None  # what the client was sent
         try:
             try:
-                route, answer = await self._answer(request)
-                if isinstance(answer, Reply):
-                    reply = answer
-                    response = await write(request, answer)
-                else:
-                    response = answer
+                route, reply = await self._answer(request)
+                sent = reply
+                result = await send(request, reply)
             except Exception as exc:
-                response = error_response(request, exc)
+                sent = error_reply(request, exc)
+                result = await send(request, sent)
         except asyncio.CancelledError:  # the client went away: nginx's 499
             self._answered(request, at, loop.time() - started, route, reply, None)
             raise
-        self._answered(request, at, loop.time() - started, route, reply, response)
-        return response
+        self._answered(request, at, loop.time() - started, route, reply, sent)
+        return result
 
     def _answered(
         self,
-        request: web.BaseRequest,
+        request: ClientRequest,
         at: float,
         duration: float,
         route: Route | None,
         reply: Reply | None,
-        response: web.StreamResponse | None,
+        sent: Reply | None,
     ) -> None:
-        """Count an answered (or, with no `response`, abandoned) request, and log it."""
+        """Count an answered (or, with nothing `sent`, abandoned) request, and log it."""
         x_cache, collapsed = reply_fields(reply) if reply is not None else (None, False)
-        status = CLIENT_CLOSED if response is None else response.status
+        status = CLIENT_CLOSED if sent is None else sent.status
         route_name = NO_ROUTE if route is None else route.name
         cache = x_cache or ANSWERED_BY_GATEWAY
         tenant = reply.tenant if reply is not None else None
@@ -378,15 +391,15 @@ class Gateway:
         formatter = self.access_format
         if formatter is None or self.access_writer is None:
             return
-        sent: int | None
-        if response is None:
-            sent = None if reply is None or isinstance(reply.body, bytes) else reply.sent
+        size: int | None
+        if sent is None:
+            size = None if reply is None or isinstance(reply.body, bytes) else reply.sent
         elif request.method == "HEAD" or status in NO_BODY_STATUSES:
-            sent = 0
-        elif isinstance(response, web.Response):  # body in memory (an unprepared Response)
-            sent = response.content_length
+            size = 0
+        elif isinstance(sent.body, bytes):
+            size = len(sent.body)
         else:
-            sent = reply.sent if reply is not None else None
+            size = sent.sent
         headers = request.headers
         version = request.version
         record = AccessRecord(
@@ -395,7 +408,7 @@ class Gateway:
             host=headers.get("Host"),
             path=request.raw_path,
             status=status,
-            bytes=sent,
+            bytes=size,
             duration=duration,
             cache=x_cache,
             tenant=None if reply is None else reply.tenant,
@@ -403,14 +416,16 @@ class Gateway:
             origin_time=None if reply is None else reply.origin_time,
             collapsed=collapsed,
             client=request.remote,
-            protocol=f"HTTP/{version.major}.{version.minor}",
+            protocol=f"HTTP/{version[0]}.{version[1]}",
             referer=headers.get("Referer"),
             user_agent=headers.get("User-Agent"),
         )
         self.access_writer.put(formatter(record))
 
-    async def _answer(self, request: web.BaseRequest) -> tuple[Route | None, Reply | web.Response]:
+    async def _answer(self, request: ClientRequest) -> tuple[Route | None, Reply]:
         """The route the request matched, and its reply (or the gateway's own answer)."""
+        if request.version not in HTTP_VERSIONS:  # aiohttp's parser takes "HTTP/2.0", say
+            raise JsonError(505, "HTTP version not supported")
         coding = request.headers.get("Transfer-Encoding")
         if coding is not None and coding.strip().lower() != "chunked":
             # RFC 9112 6.1: a transfer coding the gateway does not implement is a 501; the
@@ -419,7 +434,7 @@ class Gateway:
         req = incoming(request)
         route = self.router.match(req.target.hostname, req.target.path, request.method)
         if route is None:
-            return None, json_response(404, {"error": "no route matches", "path": req.target.path})
+            return None, json_reply(404, {"error": "no route matches", "path": req.target.path})
         if route.cached and request.method in ("GET", "HEAD"):
             if request.body_exists:  # its key cannot hold the body: never forward one half
                 raise BadRequest(f"a {request.method} with a body is refused on a cached route")
@@ -517,20 +532,24 @@ async def _close_later(upstream: Upstream) -> None:
     await upstream.close()
 
 
-def error_response(request: web.BaseRequest, exc: Exception) -> web.Response:
+def error_reply(request: ClientRequest, exc: Exception) -> Reply:
     """No traceback page ever: client errors and unexpected ones become JSON (and a log line)."""
     if isinstance(exc, JsonError):
         payload = {"error": exc.reason, "status": exc.status, **exc.details}
-        return json_response(exc.status, payload, exc.headers)
+        return json_reply(exc.status, payload, exc.headers)
     if isinstance(exc, BadRequest):
         # What follows on the connection (an unread body, say) cannot be trusted: close it.
-        response = json_response(400, {"error": exc.reason, "status": 400})
-        response.force_close()
-        return response
+        reply = json_reply(400, {"error": exc.reason, "status": 400})
+        reply.close = True
+        return reply
     if isinstance(exc, web.HTTPException):
-        return json_response(exc.status, {"error": exc.reason, "status": exc.status})
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return json_response(500, {"error": "internal gateway error"})
+        return json_reply(exc.status, {"error": exc.reason, "status": exc.status})
+    log.error("unhandled error on %s %s", request.method, request.raw_path, exc_info=exc)
+    return json_reply(500, {"error": "internal gateway error"})
+
+
+def error_response(request: web.BaseRequest, exc: Exception) -> web.Response:
+    return response_of(error_reply(request, exc))
 
 
 @web.middleware
@@ -543,6 +562,14 @@ async def errors_as_json(
         return error_response(request, exc)
 
 
+def _limits(config: GatewayConfig) -> ClientLimits:
+    return ClientLimits(
+        header_timeout=config.client_header_timeout,
+        keepalive_timeout=config.keepalive_timeout,
+        max_connections=config.max_connections,
+    )
+
+
 def public_server(gateway: Gateway) -> PublicServer:
     """The public listener: every request goes to `Gateway.respond`, so it is a low-level
     server with no router or middleware chain to pay for on each hit. The caller runs
@@ -551,17 +578,17 @@ def public_server(gateway: Gateway) -> PublicServer:
     A body the gateway did not read (a refused request, an origin that answered early) is read
     and dropped for up to LINGERING seconds after the answer, which says `Connection: close`,
     so that the client sees the answer rather than a reset (nginx's lingering close)."""
-    config = gateway.config
-    limits = ClientLimits(
-        header_timeout=config.client_header_timeout,
-        keepalive_timeout=config.keepalive_timeout,
-        max_connections=config.max_connections,
-    )
     return PublicServer(
         gateway.respond,
-        limits,
+        _limits(gateway.config),
         handler_cancellation=True,
         access_log=None,
         lingering_time=LINGERING,
         auto_decompress=False,  # a proxy forwards a gzip request body as gzip
     )
+
+
+def native_server(gateway: Gateway) -> NativeServer:
+    """The public listener of `server: native` (gateway/client_protocol.py): the same limits
+    and lingering close as `public_server`, on a protocol of its own."""
+    return NativeServer(gateway.serve, _limits(gateway.config), lingering_time=LINGERING)

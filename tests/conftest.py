@@ -12,10 +12,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
+from yarl import URL
 
 from gateway.admin import admin_app
+from gateway.client_protocol import NativeServer
 from gateway.config import load_config
-from gateway.server import Gateway, public_server
+from gateway.server import Gateway, native_server, public_server
 from tests.clock import SettableClock
 from tests.echo_origin import create_echo_app
 
@@ -88,8 +90,37 @@ class GatewayServer(BaseTestServer):
         return web.ServerRunner(public_server(self.gateway), **kwargs)
 
 
+class NativeGatewayServer(GatewayServer):
+    """The native public listener (`server: native`, `native_server`) on a free loopback
+    port, with what the tests use of GatewayServer: host, port, make_url, gateway, close."""
+
+    native: NativeServer | None = None
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        self.native = native_server(self.gateway)
+        listener = await self.native.listen(self.host, 0)
+        self.port = listener.sockets[0].getsockname()[1]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self.native is not None and not self._closed:
+            await self.native.drain(0)
+            self._closed = True
+
+
+LAYERS = ("aiohttp", "native")  # the values of `server:`, for tests run on both layers
+
+
 @pytest.fixture
-async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+def layer() -> str | None:
+    """The client-facing layer `make_gateway` serves on: None for the config's `server`. A
+    module testing connection handling overrides it with a fixture of `params=LAYERS`."""
+    return None
+
+
+@pytest.fixture
+async def make_gateway(tmp_path: Path, layer: str | None) -> AsyncIterator[GatewayFactory]:
     """Start a gateway in front of `origin_url`; options fill the BASE_YAML template. With
     `clock` (say a tests.clock.SettableClock) the gateway's time moves only when the test
     moves it."""
@@ -127,7 +158,8 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         gateway = Gateway(config) if clock is None else Gateway(config, clock=clock)
         await gateway.start()
         started.append(gateway)
-        server = GatewayServer(gateway)
+        native = (layer or config.server) == "native"
+        server = NativeGatewayServer(gateway) if native else GatewayServer(gateway)
         await server.start_server()
         servers.append(server)
         return server, gateway

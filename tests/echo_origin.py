@@ -3,11 +3,12 @@
 `GET /any/path?status=200&h=Cache-Control:max-age%3D60&h=Vary:Accept&body=text&delay=0.1`
 answers with that status, those headers and that body (`body=size:N` is N bytes, `body=b64:...`
 binary bytes in URL-safe base64), and counts requests per path+query.
-`/__count` reports the counts. Headers of the request are echoed as JSON when `body=echo`; with
-`read=1` the request body is read before answering. With `hold=NAME` the request waits while the
-test keeps the gate NAME closed (`echo_state(server).gate(NAME).clear()`), so a test can have an
-origin request in flight for as long as it needs, without guessing a delay. `echo_state` also
-counts the requests in flight and their peak.
+`/__count` reports the counts. Headers of the request are echoed as JSON when `body=echo`, its
+body as it came when `body=request`; with `read=1` the request body is read before answering.
+With `hold=NAME` the request waits while the test keeps the gate NAME closed
+(`echo_state(server).gate(NAME).clear()`), so a test can have an origin request in flight for
+as long as it needs, without guessing a delay. `echo_state` also counts the requests in flight
+and their peak.
 
 `create_echo_app(clock)` stamps `Date` from the test's clock (a SettableClock also given to the
 gateway) rather than the real time.
@@ -89,7 +90,9 @@ async def _answer(request: web.Request, n: int) -> web.StreamResponse:
     if "stream" in q:
         return await _stream(request, status, headers, int(q["stream"]))
     body_spec = q.get("body", f"body of {request.path} #{n}")
-    if body_spec == "echo":
+    if body_spec == "request":
+        body = await request.read()
+    elif body_spec == "echo":
         echoed = {"__raw_path": request.raw_path, **dict(request.headers.items())}
         body = json.dumps(echoed).encode()
     elif body_spec.startswith("size:"):

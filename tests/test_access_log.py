@@ -19,9 +19,15 @@ from gateway.access_log import AccessRecord, LineWriter, combined_line, json_lin
 from gateway.config import ConfigError, load_config
 from gateway.exchange import Reply
 from gateway.server import Gateway
-from tests.conftest import GatewayFactory, eventually
+from tests.conftest import LAYERS, GatewayFactory, eventually
 from tests.echo_origin import echo_state
 from tests.test_gateway_http import get, spec
+
+
+@pytest.fixture(params=LAYERS)
+def layer(request: pytest.FixtureRequest) -> str:
+    """The lines a real gateway writes, on both client-facing layers."""
+    return str(request.param)
 
 AT = 1_796_126_400.25  # 2026-12-01T12:00:00.250Z
 

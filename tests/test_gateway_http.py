@@ -15,7 +15,13 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from tests.clock import SettableClock
-from tests.conftest import GatewayFactory
+from tests.conftest import LAYERS, GatewayFactory
+
+
+@pytest.fixture(params=LAYERS)
+def layer(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both client-facing layers."""
+    return str(request.param)
 
 
 def spec(path: str, *headers: str, **params: str) -> str:

@@ -18,8 +18,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import GatewayFactory, GatewayServer
+from tests.conftest import LAYERS, GatewayFactory, GatewayServer
 from tests.test_gateway_http import origin_count
+
+
+@pytest.fixture(params=LAYERS)
+def layer(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both client-facing layers."""
+    return str(request.param)
+
 
 HOST = "shop.example"
 REFLECT = "h=Cache-Control:max-age%3D60&body=echo"

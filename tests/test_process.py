@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,9 @@ from aiohttp import web
 
 import gateway.__main__ as entry
 from gateway.__main__ import CUT_GRACE, drain
+from gateway.client_protocol import NativeServer
 from gateway.config import DEMO_ADMIN_TOKEN, demo_token_refusal, load_config
+from gateway.listener import ClientLimits
 from gateway.supervisor import DRAIN_TIMEOUT, Slot, Supervisor
 from tests.processes import ROOT, fetch, free_port, run_module, serving
 
@@ -173,14 +175,15 @@ def test_version_and_help_name_the_gateway_and_its_admin_commands() -> None:
     assert all(command in helped.stdout for command in ("purge", "bust", "stats", "reload"))
 
 
-def test_a_busy_port_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["aiohttp", "native"])
+def test_a_busy_port_is_one_line_and_a_non_zero_exit(server: str, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "gw.yaml"
         config.write_text(f"listen: 127.0.0.1:{port}\norigins:\n  o: {{url: 'http://127.0.0.1:1'}}\n"
-                          "routes:\n  - {name: r, origin: o}\n")
+                          f"routes:\n  - {{name: r, origin: o}}\nserver: {server}\n")
         done = run_module("gateway", "--config", str(config))
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
@@ -275,8 +278,9 @@ def refused(port: int) -> bool:
     return False
 
 
+@pytest.mark.parametrize("server", ["aiohttp", "native"])
 def test_sigterm_answers_the_request_in_flight_refuses_new_connections_and_exits_0(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What `docker stop` (or a service manager, or the supervisor) does: a request that is at
     the origin (1.5 s of codegen) when SIGTERM comes is answered in full, a connection made
@@ -284,7 +288,7 @@ def test_sigterm_answers_the_request_in_flight_refuses_new_connections_and_exits
     monkeypatch.setenv("TEST_ADMIN_TOKEN", TOKEN)
     ports = {"port": free_port(), "admin_port": free_port(), "origin_port": free_port()}
     config = tmp_path / "gateway.yaml"
-    config.write_text(GATEWAY_YAML.format(name="edge", **ports))
+    config.write_text(GATEWAY_YAML.format(name="edge", **ports) + f"server: {server}\n")
     origin_url = f"http://127.0.0.1:{ports['origin_port']}"
     origin = ["origin", "--host", "127.0.0.1", "--port", str(ports["origin_port"]),
               "--projects", "3", "--codegen-seconds", "1.5"]
@@ -318,36 +322,59 @@ def test_sigterm_answers_the_request_in_flight_refuses_new_connections_and_exits
     assert "stopping: new connections refused" in log.read_text()
 
 
+class Stuck:
+    """A handler's body that never answers, noting when it starts and when it is cancelled."""
+
+    def __init__(self) -> None:
+        self.entered, self.cancelled = asyncio.Event(), asyncio.Event()
+
+    async def wait(self) -> None:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+async def stuck_listener(server: str, stuck: Stuck) -> tuple[int, Callable[[], Awaitable[None]]]:
+    """A public listener of `server`'s layer whose handler is stuck: its port, and its drain."""
+    if server == "native":
+        async def handler(request: object, send: object) -> None:
+            await stuck.wait()
+
+        native = NativeServer(handler, ClientLimits(), lingering_time=5.0)
+        listener = await native.listen("127.0.0.1", 0)
+        return listener.sockets[0].getsockname()[1], lambda: drain([], native)
+
+    async def never_answers(request: web.BaseRequest) -> web.StreamResponse:
+        await stuck.wait()
+        raise AssertionError("unreachable")
+
+    runner = web.ServerRunner(web.Server(never_answers, handler_cancellation=True),
+                              shutdown_timeout=0.3)  # as the public listener's
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner.addresses[0][1], lambda: drain([runner])
+
+
+@pytest.mark.parametrize("server", ["aiohttp", "native"])
 async def test_a_request_still_running_at_the_drain_bound_is_cut_and_the_drain_ends(
-    monkeypatch: pytest.MonkeyPatch,
+    server: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A request slower than DRAIN_TIMEOUT (made short here) does not hold the process past
     DRAIN_TIMEOUT + CUT_GRACE, which must fit in what `docker stop` waits before SIGKILL."""
     monkeypatch.setattr(entry, "DRAIN_TIMEOUT", 0.3)
-    entered, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def never_answers(request: web.BaseRequest) -> web.StreamResponse:
-        entered.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        raise AssertionError("unreachable")
-
-    server = web.Server(never_answers, handler_cancellation=True)  # as the public listener's
-    runner = web.ServerRunner(server, shutdown_timeout=0.3)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
+    stuck = Stuck()
+    port, stop = await stuck_listener(server, stuck)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
-    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(stuck.entered.wait(), 5)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await asyncio.wait_for(drain([runner]), 5)
+    await asyncio.wait_for(stop(), 5)
     assert loop.time() - started < 0.3 + CUT_GRACE
-    assert cancelled.is_set()
+    await asyncio.wait_for(stuck.cancelled.wait(), 1)
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, without an answer
     writer.close()
     assert DRAIN_TIMEOUT + CUT_GRACE < 10  # `docker stop`'s default wait, with room to exit

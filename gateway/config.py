@@ -465,7 +465,7 @@ class GatewayConfig(_Model):
     max_connections: int = Field(default=4096, ge=1)  # client connections open at once
     # The client-facing HTTP/1.1 layer: aiohttp's server, or the native protocol on httptools
     # (llhttp) that costs a third of it per cache hit (docs/architecture.md, issue 12).
-    server: Literal["aiohttp", "native"] = "aiohttp"
+    server: Literal["aiohttp", "native"] = "native"
     admin: AdminConfig = Field(default_factory=AdminConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     redis: RedisConfig | None = None

@@ -24,11 +24,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import logging
 from collections.abc import Callable
 from typing import Protocol
-
-log = logging.getLogger("gateway.heap")
 
 MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept from then on
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)

@@ -62,6 +62,9 @@ class HttpVersion(NamedTuple):
 HTTP10 = HttpVersion(1, 0)
 HTTP11 = HttpVersion(1, 1)
 VERSIONS = {"1.0": HTTP10, "1.1": HTTP11}
+# The versions the gateway speaks with clients, on either layer (aiohttp's parser takes
+# "HTTP/2.0" too: Gateway answers it a 505). Version tuples compare and hash as plain tuples.
+SPOKEN = frozenset(VERSIONS.values())
 
 
 class HeadBuilder:

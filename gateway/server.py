@@ -30,6 +30,7 @@ from gateway.fleet.member import Member
 from gateway.gcwatch import GENERATIONS, PauseRecorder
 from gateway.generations import Generations
 from gateway.heap import Trimmer
+from gateway.http1 import SPOKEN
 from gateway.listener import ClientLimits, PublicServer
 from gateway.metrics import GC_PAUSE, Exporter, Meter, Sample
 from gateway.outcomes import Outcome, Recorder
@@ -58,7 +59,6 @@ NO_ROUTE = "none"
 ANSWERED_BY_GATEWAY = "NONE"  # cache_status of the gateway's own answers (no X-Cache)
 FROM_CACHE = frozenset({"HIT", "UPDATING", "STALE"})  # the `hit` requests of the histogram
 STATUS_CLASSES = tuple(f"{n}xx" for n in range(10))
-HTTP_VERSIONS = ((1, 0), (1, 1))  # what the gateway speaks with clients; else a 505
 HEAP_CHECK_INTERVAL = 1.0  # seconds between two looks at whether the heap needs a trim
 GC_GENERATIONS = tuple(str(n) for n in range(GENERATIONS))  # label values
 Request = TypeVar("Request", bound=ClientRequest)  # a layer's request type
@@ -424,7 +424,7 @@ class Gateway:
 
     async def _answer(self, request: ClientRequest) -> tuple[Route | None, Reply]:
         """The route the request matched, and its reply (or the gateway's own answer)."""
-        if request.version not in HTTP_VERSIONS:  # aiohttp's parser takes "HTTP/2.0", say
+        if request.version not in SPOKEN:  # aiohttp's parser takes "HTTP/2.0", say
             raise JsonError(505, "HTTP version not supported")
         coding = request.headers.get("Transfer-Encoding")
         if coding is not None and coding.strip().lower() != "chunked":
